@@ -1,0 +1,173 @@
+"""Readers for plain arrays: ``.npy`` (streamed in chunks) and ``.npz`` (named array).
+
+Expected content: joints ``(N, 21, 3)`` (or one pose ``(21, 3)``) in the layout named by
+``--layout`` (default canonical), any length unit, right hands unless ``--hand left``.
+A ``.npz`` file may also hold ``is_left`` ``(N,)`` bool: those frames are mirrored.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from bmc_calib import skeleton
+from bmc_calib.errors import BadInputError
+from bmc_calib.formats.base import Chunk, Reader, ReadOptions, Source, SourceStats, to_right_hands
+
+#: Array names tried, in order, when a ``.npz`` holds several arrays and no ``--key`` is given.
+NPZ_KEYS: tuple[str, ...] = ("joints", "joints_3d", "xyz", "keypoints", "poses")
+
+
+def check_joint_shape(path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise a one-line :class:`BadInputError` unless ``shape`` is ``(N>0, 21, 3)`` numbers."""
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise BadInputError(f"{path}: joints must be numbers, found dtype {dtype}")
+    if len(shape) != 3 or tuple(shape[1:]) != (skeleton.NUM_JOINTS, 3):
+        raise BadInputError(f"{path}: expected joints of shape (N, 21, 3), found {tuple(shape)}")
+    if shape[0] == 0:
+        raise BadInputError(f"{path}: contains no poses (shape {tuple(shape)})")
+
+
+def check_joint_array(path: str, arr: np.ndarray) -> np.ndarray:
+    """Return ``arr`` as ``(N, 21, 3)`` (one ``(21, 3)`` pose becomes N = 1) or raise."""
+    if arr.shape == (skeleton.NUM_JOINTS, 3):
+        arr = arr[None]
+    check_joint_shape(path, arr.shape, arr.dtype)
+    return arr
+
+
+def _stream(
+    path: str,
+    arr: np.ndarray | _NpyRows,
+    layout: skeleton.Layout,
+    is_left: np.ndarray | bool,
+    options: ReadOptions,
+    stats: SourceStats,
+) -> Iterator[Chunk]:
+    step = options.chunk_frames
+    for start in range(0, arr.shape[0], step):
+        try:
+            block = np.asarray(arr[start : start + step])
+        except (OSError, ValueError) as exc:  # a memory map past a truncated end
+            raise BadInputError(f"{path}: cannot read frames from {start} ({exc})") from None
+        left = is_left if isinstance(is_left, bool) else is_left[start : start + step]
+        yield Chunk(to_right_hands(block, layout, left, stats))
+
+
+class _NpyRows:
+    """Row blocks ``(n, 21, 3)`` of a ``.npy`` file read with plain file reads.
+
+    No memory map: the file's pages never count as this process's memory, so streaming a
+    multi-gigabyte file costs one chunk. Fortran-ordered files (rare) are memory-mapped.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            self.offset = fh.tell()
+        self.dtype = np.dtype(dtype)
+        self.shape = (1, *shape) if tuple(shape) == (skeleton.NUM_JOINTS, 3) else tuple(shape)
+        check_joint_shape(path, self.shape, self.dtype)
+        self.row_bytes = skeleton.NUM_JOINTS * 3 * self.dtype.itemsize
+        self.mapped = np.load(path, mmap_mode="r").reshape(self.shape) if fortran else None
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if self.mapped is not None:
+            return np.asarray(self.mapped[rows])
+        start, stop, _ = rows.indices(self.shape[0])
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.row_bytes)
+            data = fh.read(count * self.row_bytes)
+        if len(data) != count * self.row_bytes:
+            raise ValueError(f"file ends early: {len(data)} of {count * self.row_bytes} bytes")
+        return np.frombuffer(data, self.dtype).reshape(count, *self.shape[1:])
+
+
+class NpyReader(Reader):
+    name = "npy"
+    description = "NumPy array of joints (N, 21, 3); streamed in chunks"
+    suffixes = (".npy",)
+    handedness = "right; --hand left mirrors all frames"
+
+    def open(self, path: str, options: ReadOptions) -> Source:
+        try:
+            arr = _NpyRows(path)
+        except (OSError, ValueError, EOFError) as exc:
+            raise BadInputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
+        layout = skeleton.get_layout(options.layout or self.layout)
+        is_left = options.hand == "left"
+        return Source(
+            path=path,
+            format=self.name,
+            unit=self.unit,
+            layout=layout.name,
+            frames=int(arr.shape[0]),
+            read_chunks=lambda stats: _stream(path, arr, layout, is_left, options, stats),
+        )
+
+
+class NpzReader(Reader):
+    name = "npz"
+    description = (
+        "NumPy .npz archive: joints (N, 21, 3) under --key or one of "
+        f"{', '.join(NPZ_KEYS)}; optional is_left (N,) bool"
+    )
+    suffixes = (".npz",)
+    handedness = "right; per-frame is_left array, or --hand left for all"
+
+    def open(self, path: str, options: ReadOptions) -> Source:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                key = self._joint_key(path, list(archive.files), options.key)
+                arr = check_joint_array(path, archive[key])
+                is_left = archive["is_left"] if "is_left" in archive.files else None
+        except BadInputError:
+            raise
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+            raise BadInputError(f"{path}: not a readable .npz archive ({_short(exc)})") from None
+        left: np.ndarray | bool = options.hand == "left"
+        if is_left is not None and options.hand is None:
+            left = np.asarray(is_left).astype(bool).reshape(-1)
+            if left.shape[0] != arr.shape[0]:
+                raise BadInputError(
+                    f"{path}: is_left has {left.shape[0]} entries for {arr.shape[0]} poses"
+                )
+        layout = skeleton.get_layout(options.layout or self.layout)
+        return Source(
+            path=path,
+            format=self.name,
+            unit=self.unit,
+            layout=layout.name,
+            frames=int(arr.shape[0]),
+            read_chunks=lambda stats: _stream(path, arr, layout, left, options, stats),
+        )
+
+    @staticmethod
+    def _joint_key(path: str, keys: list[str], wanted: str | None) -> str:
+        if wanted is not None:
+            if wanted not in keys:
+                raise BadInputError(f"{path}: no array {wanted!r}; arrays: {', '.join(keys)}")
+            return wanted
+        for key in NPZ_KEYS:
+            if key in keys:
+                return key
+        candidates = [k for k in keys if k != "is_left"]
+        if len(candidates) == 1:
+            return candidates[0]
+        raise BadInputError(
+            f"{path}: cannot tell which array holds the joints ({', '.join(keys) or 'none'}); "
+            "name it with --key"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
