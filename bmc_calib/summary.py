@@ -1,0 +1,139 @@
+"""Plain-data summaries of a fit and of a bundle (JSON-ready dicts, snake_case keys).
+
+The CLI prints these with ``--json`` and renders them as tables otherwise; the library never
+prints. Angles are reported in degrees here (``*_deg`` keys), everything else as stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bmc_calib.limits import Interval, Limits
+
+
+def _floats(a: np.ndarray) -> list[float]:
+    return [float(x) for x in np.asarray(a, dtype=np.float64).ravel()]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()] if value.ndim else _jsonable(value.item())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def interval_summary(interval: Interval, degrees: bool = False) -> list[dict[str, Any]]:
+    """One record per item: name, min, max, tolerance (in degrees when ``degrees``)."""
+    scale = 180.0 / np.pi if degrees else 1.0
+    suffix = "_deg" if degrees else ""
+    return [
+        {
+            "name": name,
+            f"min{suffix}": float(lo * scale),
+            f"max{suffix}": float(hi * scale),
+            f"tolerance{suffix}": float(tol * scale),
+        }
+        for name, lo, hi, tol in zip(
+            interval.names, interval.min, interval.max, interval.tolerance, strict=True
+        )
+    ]
+
+
+def joint_angle_summary(limits: Limits) -> list[dict[str, Any]]:
+    """One record per angle id: hull sizes, area (deg²), coverage, tolerance, centre, box."""
+    ja = limits.joint_angle
+    deg = 180.0 / np.pi
+    out = []
+    for a, name in enumerate(ja.names):
+        rec: dict[str, Any] = {
+            "id": a,
+            "name": name,
+            "flexion_center_deg": float(ja.flexion_center[a] * deg),
+            "hull_vertices": int(ja.hulls[a].shape[0]),
+            "hull_area_deg2": float(ja.area[a] * deg * deg),
+            "coverage": float(ja.coverage[a]),
+            "tolerance_deg": float(ja.tolerance[a] * deg),
+            "flexion_range_deg": _floats(np.array([ja.box_min[a, 0], ja.box_max[a, 0]]) * deg),
+            "abduction_range_deg": _floats(np.array([ja.box_min[a, 1], ja.box_max[a, 1]]) * deg),
+        }
+        if ja.exact_hulls is not None:
+            rec["exact_hull_vertices"] = int(ja.exact_hulls[a].shape[0])
+        if ja.rdp_hulls is not None:
+            rec["rdp_hull_vertices"] = int(ja.rdp_hulls[a].shape[0])
+        out.append(rec)
+    return out
+
+
+def limits_summary(limits: Limits) -> dict[str, Any]:
+    """Everything a bundle holds, as plain data."""
+    prov = limits.provenance
+    return {
+        "skeleton": limits.skeleton_name,
+        "normalization": limits.normalization,
+        "length_unit": limits.length_unit,
+        "coverage": limits.coverage,
+        "bone_length": interval_summary(limits.bone_length),
+        "palm_curvature": interval_summary(limits.palm_curvature),
+        "palm_angle": interval_summary(limits.palm_angle, degrees=True),
+        "joint_angle": joint_angle_summary(limits),
+        "sources": [
+            {
+                "path": s.path,
+                "format": s.format,
+                "sha256": s.sha256,
+                "frames_read": s.frames_read,
+                "frames_used": s.frames_used,
+                "frames_mirrored": s.frames_mirrored,
+                "rejected": dict(s.rejected),
+            }
+            for s in prov.sources
+        ],
+        "parameters": _jsonable(dict(prov.parameters)),
+        "statistics": _jsonable(dict(limits.statistics)),
+    }
+
+
+def fit_summary(limits: Limits, output: str, digest: str) -> dict[str, Any]:
+    """What ``bmc-calib fit --json`` prints."""
+    stats = limits.statistics
+    rejected = {
+        k.removeprefix("rejected_"): int(v) for k, v in stats.items() if k.startswith("rejected_")
+    }
+    return {
+        "output": output,
+        "content_digest": digest,
+        "frames_read": int(stats.get("frames_read", 0)),
+        "frames_used": int(stats.get("frames_used", 0)),
+        "frames_mirrored": int(stats.get("frames_mirrored", 0)),
+        "frames_rejected": rejected,
+        "tolerance_method": str(stats.get("tolerance_method", "")),
+        "heldout_false_flag_rate_mean": _jsonable(stats.get("heldout_false_flag_rate_mean")),
+        "heldout_false_flag_rate_max": _jsonable(stats.get("heldout_false_flag_rate_max")),
+        "limits": limits_summary(limits),
+    }
+
+
+def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
+    """What ``bmc-calib inspect --json`` prints: the bundle's header plus its contents."""
+    return {
+        "path": str(info.path),
+        "encoding_version": info.encoding_version,
+        "tool_name": info.tool_name,
+        "tool_version": info.tool_version,
+        "created": info.created,
+        "content_digest": info.digest_stored,
+        "content_digest_computed": info.digest_computed,
+        "digest_ok": bool(info.digest_ok),
+        **limits_summary(limits),
+    }
