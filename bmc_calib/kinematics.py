@@ -141,17 +141,34 @@ def compute_features(
     the memory of large fits). ``joints`` may be a memory map: only one chunk at a time is
     converted to float64.
     """
-    check_normalization(normalization)
     arr = np.asarray(joints)
     if arr.shape[-2:] != (skeleton.NUM_JOINTS, 3):
         raise ValueError(f"joints must have shape (..., 21, 3), got {arr.shape}")
     flat = arr.reshape(-1, skeleton.NUM_JOINTS, 3)
-    n = flat.shape[0]
-    out = _empty_features(n, dtype)
-    for start in range(0, n, max(int(chunk_size), 1)):
-        stop = min(start + chunk_size, n)
-        _features_into(flat[start:stop], normalization, out, slice(start, stop))
+    out = _empty_features(flat.shape[0], dtype)
+    features_into(flat, out, 0, normalization, chunk_size=chunk_size)
     return out
+
+
+def features_into(
+    joints: np.ndarray,
+    out: Features,
+    start: int,
+    normalization: str = "reference-bone",
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> None:
+    """Compute the features of ``(n, 21, 3)`` joints into rows ``start:start + n`` of ``out``.
+
+    Lets a caller fill one preallocated store (e.g. float32 for a whole dataset) without a
+    per-chunk result array.
+    """
+    check_normalization(normalization)
+    n = joints.shape[0]
+    step = max(int(chunk_size), 1)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        _features_into(joints[lo:hi], normalization, out, slice(start + lo, start + hi))
 
 
 def iter_features(
@@ -182,6 +199,11 @@ def concatenate(parts: list[Features]) -> Features:
 
 
 # --------------------------------------------------------------------------- implementation
+def empty_features(n: int, dtype: type[np.floating] = np.float64) -> Features:
+    """Zeroed features for ``n`` poses, float arrays of ``dtype``."""
+    return _empty_features(n, dtype)
+
+
 def _empty_features(n: int, dtype: type[np.floating]) -> Features:
     return Features(
         bone_length=np.zeros((n, skeleton.NUM_BONES), dtype),
