@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ import h5py
 import numpy as np
 
 from bmc_calib import __version__
-from bmc_calib.errors import BadInputError, UnsupportedVersionError, UsageError
+from bmc_calib.errors import BadInputError, UnsupportedVersionError
 from bmc_calib.limits import (
     Interval,
     JointAngleLimits,
@@ -38,6 +37,7 @@ from bmc_calib.limits import (
     SourceRecord,
     Value,
 )
+from bmc_calib.outputs import atomic_path, check_writable
 
 ENCODING_TYPE = "bmc-limits"
 ENCODING_VERSION = "1.0"  # MAJOR.MINOR
@@ -150,25 +150,13 @@ def write_bundle(limits: Limits, path: str | os.PathLike[str], *, force: bool = 
     :class:`BadInputError` when the directory does not exist, cannot be written, or
     ``limits`` holds values a bundle cannot store (non-finite limits, unsupported types).
     """
-    target = os.fspath(path)
-    _check_target(target, force=force)
+    target = check_writable(path, force)
     try:
         plan = _plan_limits(limits)
     except _InvalidContentError as exc:
         raise BadInputError(f"cannot write {target}: {exc}") from None
-    temporary = _create_temporary(target)
-    try:
-        digest = _write_plan(plan, _root_attributes(limits), temporary)
-        _fsync_file(temporary)
-        _publish(temporary, target, force=force)
-    except OSError as exc:
-        _remove_quietly(temporary)
-        raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-    _fsync_directory(os.path.dirname(os.path.abspath(target)))
-    return digest
+    with atomic_path(target, force=force) as temporary:
+        return _write_plan(plan, _root_attributes(limits), temporary)
 
 
 def read_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Limits:
@@ -298,36 +286,6 @@ class _Plan:
         self.groups[path] = {ATTR_TYPE: encoding_type, ATTR_VERSION: ELEMENT_VERSION}
 
 
-def _check_target(target: str, *, force: bool) -> None:
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise BadInputError(f"cannot write {target}: directory {directory} does not exist")
-    if os.path.isdir(target):
-        raise UsageError(f"cannot write {target}: it is a directory; give a file name")
-    if os.path.lexists(target) and not force:
-        raise UsageError(_exists_message(target))
-
-
-def _exists_message(target: str) -> str:
-    return f"{target} exists; pass --force to overwrite"
-
-
-def _create_temporary(target: str) -> str:
-    """Create an empty, uniquely named ``.<name>.tmp-<random>`` next to ``target``."""
-    directory, name = os.path.split(os.path.abspath(target))
-    for _ in range(100):
-        temporary = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(6)}")
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
-        os.close(descriptor)
-        return temporary
-    raise BadInputError(f"cannot write {target}: no free temporary file name in {directory}")
-
-
 def _write_plan(plan: _Plan, root_attributes: dict[str, object], temporary: str) -> str:
     """Write the bundle into ``temporary`` and return its content digest."""
     with h5py.File(temporary, "w", track_order=True) as h5file:
@@ -349,50 +307,6 @@ def _set_attributes(obj: h5py.Group, attributes: Mapping[str, object]) -> None:
             obj.attrs.create(name, value, dtype=_STR)
         else:
             obj.attrs[name] = value
-
-
-def _fsync_file(path: str) -> None:
-    with open(path, "rb+") as handle:
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _publish(temporary: str, target: str, *, force: bool) -> None:
-    """Move the finished file into place; without ``force`` never replace an existing file."""
-    if force:
-        os.replace(temporary, target)
-        return
-    try:
-        os.link(temporary, target)  # fails if target appeared meanwhile
-    except FileExistsError:
-        raise UsageError(_exists_message(target)) from None
-    except OSError:  # file system without hard links
-        if os.path.lexists(target):
-            raise UsageError(_exists_message(target)) from None
-        os.replace(temporary, target)
-        return
-    _remove_quietly(temporary)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def _utc_now() -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import bmc_calib
-from bmc_calib import bundle, skeleton
+from bmc_calib import bundle, outputs, skeleton
 from bmc_calib.bundle import content_digest, inspect_bundle, read_bundle, write_bundle
 from bmc_calib.errors import BadInputError, UnsupportedVersionError, UsageError
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
@@ -293,7 +293,7 @@ def test_failure_after_writing_keeps_the_existing_bundle(
         assert os.path.basename(path).startswith(".limits.h5.tmp-")
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(bundle, "_fsync_file", broken_fsync)
+    monkeypatch.setattr(outputs, "fsync_file", broken_fsync)
     with pytest.raises(RuntimeError, match="power cut"):
         write_bundle(limits, written, force=True)
     assert written.read_bytes() == before
@@ -306,7 +306,7 @@ def test_failed_rename_is_reported_and_cleaned_up(
     def refuse(src: str, dst: str) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(bundle.os, "replace", refuse)
+    monkeypatch.setattr(outputs.os, "replace", refuse)
     with pytest.raises(BadInputError, match="permission denied"):
         write_bundle(limits, tmp_path / "limits.h5", force=True)
     assert _files(tmp_path) == []
@@ -316,13 +316,13 @@ def test_target_appearing_during_the_write_is_not_clobbered(
     tmp_path: Path, limits: Limits, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / "limits.h5"
-    real_fsync = bundle._fsync_file
+    real_fsync = outputs.fsync_file
 
     def someone_else_writes_target(path: str) -> None:
         target.write_bytes(b"theirs")
         real_fsync(path)
 
-    monkeypatch.setattr(bundle, "_fsync_file", someone_else_writes_target)
+    monkeypatch.setattr(outputs, "fsync_file", someone_else_writes_target)
     with pytest.raises(UsageError, match="exists; pass --force"):
         write_bundle(limits, target)
     assert target.read_bytes() == b"theirs"
@@ -335,7 +335,7 @@ def test_file_system_without_hard_links(
     def no_links(src: str, dst: str) -> None:
         raise OSError(1, "Operation not permitted")
 
-    monkeypatch.setattr(bundle.os, "link", no_links)
+    monkeypatch.setattr(outputs.os, "link", no_links)
     write_bundle(limits, tmp_path / "limits.h5")
     _assert_limits_equal(limits, read_bundle(tmp_path / "limits.h5"))
     assert _files(tmp_path) == ["limits.h5"]
