@@ -123,7 +123,12 @@ def fit(
         float, typer.Option("--coverage", help="Fraction of data inside the limits.")
     ] = 0.999,
     group_by: Annotated[
-        str, typer.Option("--group-by", help="file (one group per input) or none.")
+        str,
+        typer.Option(
+            "--group-by",
+            help="file (one group per input), label (per-frame subject/sequence labels of "
+            "the dataset, else file) or none.",
+        ),
     ] = "file",
     layout: Layout = None,
     hand: Hand = None,

@@ -1,8 +1,16 @@
 """Fit biomechanical limits to poses (DESIGN §5).
 
-Pipeline: stream every source's canonical right-hand chunks through
-:func:`bmc_calib.kinematics.compute_features` (features kept as float32, ~232 bytes a pose),
-drop degenerate frames and annotation glitches, then
+Pipeline, two streaming passes over the sources (readers yield canonical right-hand chunks):
+
+1. bone lengths only (:func:`bmc_calib.kinematics.quick_bone_lengths`): exact frame counts
+   and each group's median bone lengths, for the glitch rule;
+2. all features per chunk (:func:`bmc_calib.kinematics.features_into`); degenerate frames
+   and glitches are dropped on the spot. Kept: the used frames' joint angles (float32, 120
+   bytes a pose: every hull needs every point), the extreme values of each interval column
+   (:class:`bmc_calib.quantiles.QuantileTails`, exact quantiles), and all features of an even
+   stride of at most ``tolerance_max_poses`` used frames for the tolerances.
+
+Then
 
 - intervals (bone length, palm curvature, palm angle): the ``[(1−c)/2, 1−(1−c)/2]`` quantile
   range (plain min/max at ``c = 1``);
@@ -33,18 +41,28 @@ import numpy as np
 
 from bmc_calib import __version__, hulls, skeleton
 from bmc_calib.errors import BadInputError, UsageError
-from bmc_calib.formats import Source
-from bmc_calib.kinematics import Features, check_normalization, empty_features, features_into
+from bmc_calib.formats import Chunk, Source
+from bmc_calib.kinematics import (
+    Features,
+    check_normalization,
+    concatenate,
+    empty_features,
+    features_into,
+    quick_bone_lengths,
+)
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
+from bmc_calib.quantiles import QuantileTails
 from bmc_calib.violations import FAMILIES, VERDICT_EPSILON, compute_violations
 
 #: progress callback: (stage, done, total or None)
 ProgressFn = Callable[[str, int, "int | None"], None]
 
-GROUP_BY: tuple[str, ...] = ("file", "none")
+GROUP_BY: tuple[str, ...] = ("file", "none", "label")
 REJECTION_RULES: tuple[str, ...] = ("degenerate", "bone_length_outlier")
 MIN_POSES = 10
 MIN_GROUPS_FOR_TOLERANCE = 3
+#: frames per input used for the glitch rule's group medians (evenly spaced)
+MEDIAN_FRAMES = 20_000
 
 
 @dataclass(frozen=True)
@@ -58,7 +76,7 @@ class FitOptions:
     glitch_max_deviation: float = 0.5
     rdp_epsilon: float = 0.005
     #: poses (evenly strided over all used frames) used by leave-one-group-out
-    tolerance_max_poses: int = 200_000
+    tolerance_max_poses: int = 100_000
     #: per-item quantile of held-out magnitudes taken as tolerance (None → coverage)
     tolerance_quantile: float | None = None
     keep_pipeline_hulls: bool = True
@@ -97,14 +115,18 @@ class FitOptions:
 
 @dataclass
 class Collected:
-    """Features of every frame read, with where each came from."""
+    """What the two passes keep of all frames read (see the module docstring)."""
 
-    features: Features
-    source: np.ndarray  # (N,) int32 index into the source list
-    group: np.ndarray  # (N,) int32 index into group_names
+    angles: np.ndarray  # (U, 15, 2) float32, used frames
+    intervals: dict[str, np.ndarray]  # family → (2, K) lower/upper quantiles over used frames
+    sample: Features  # float32 features of the tolerance subsample (used frames only)
+    sample_group: np.ndarray  # (S,) int32
     group_names: list[str]
+    group_used: np.ndarray  # (G,) used frames per group
     records: list[SourceRecord] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
+    frames_read: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
 
 
 def fit_limits(
@@ -117,19 +139,16 @@ def fit_limits(
     opts = options or FitOptions()
     report = progress or (lambda stage, done, total: None)
     data = collect(sources, opts, report)
-    used, rejected = reject_frames(data, opts)
-    for i, record in enumerate(data.records):
-        in_source = data.source == i
-        record.rejected = {rule: int((mask & in_source).sum()) for rule, mask in rejected.items()}
-        record.frames_used = int((used & in_source).sum())
-    if used.sum() < MIN_POSES:
+    used = data.angles.shape[0]
+    if used < MIN_POSES:
         raise BadInputError(
-            f"only {int(used.sum())} usable poses in {len(sources)} input(s) "
-            f"({data.features.degenerate.sum()} degenerate, "
-            f"{rejected['bone_length_outlier'].sum()} glitches); at least {MIN_POSES} are needed"
+            f"only {used} usable poses in {len(sources)} input(s) "
+            f"({data.rejected['degenerate']} degenerate, "
+            f"{data.rejected['bone_length_outlier']} glitches); at least {MIN_POSES} are needed"
         )
-    limits = fit_core(data.features, np.flatnonzero(used), opts, report, final=True)
-    tol, stats = _leave_one_group_out(data, used, opts, report)
+    joint = joint_angle_limits(data.angles, slice(None), opts, report, final=True)
+    limits = _assemble(data.intervals, joint, opts)
+    tol, stats = _leave_one_group_out(data, opts, report)
     limits.bone_length.tolerance = tol["bone_length"]
     limits.palm_curvature.tolerance = tol["palm_curvature"]
     limits.palm_angle.tolerance = tol["palm_angle"]
@@ -138,110 +157,178 @@ def fit_limits(
     parameters = opts.as_parameters()
     parameters.update(extra_parameters or {})
     limits.provenance = Provenance(sources=data.records, parameters=parameters)
-    limits.statistics = _statistics(data, used, rejected) | stats
+    limits.statistics = _statistics(data) | stats
     return limits
 
 
 # --------------------------------------------------------------------------- reading
-class _FeatureStore:
-    """Float32 features of all frames, preallocated when the total is known, else grown."""
+class _Groups:
+    """Group ids of frames: per file, one for all, or per reader label (falling back to file)."""
+
+    def __init__(self, group_by: str) -> None:
+        self.group_by = group_by
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def _id(self, label: str) -> int:
+        if label not in self._index:
+            self._index[label] = len(self.names)
+            self.names.append(label)
+        return self._index[label]
+
+    def ids(self, source: Source, chunk: Chunk) -> np.ndarray:
+        n = chunk.joints.shape[0]
+        if self.group_by == "none":
+            return np.full(n, self._id("all"), np.int32)
+        if self.group_by == "label" and chunk.group is not None:
+            labels, inverse = np.unique(np.asarray(chunk.group).astype(str), return_inverse=True)
+            ids = np.asarray([self._id(f"{source.path}:{lab}") for lab in labels], np.int32)
+            return ids[inverse.reshape(-1)]
+        return np.full(n, self._id(source.path), np.int32)
+
+
+class _Angles:
+    """A float32 ``(capacity, 15, 2)`` buffer that grows only if a reader under-counted."""
 
     def __init__(self, capacity: int) -> None:
-        self.features = empty_features(max(capacity, 1), np.float32)
-        self.source = np.empty(max(capacity, 1), np.int32)
-        self.group = np.empty(max(capacity, 1), np.int32)
+        self.data = np.empty((max(capacity, 1), skeleton.NUM_ANGLES, 2), np.float32)
         self.size = 0
 
-    def reserve(self, n: int) -> int:
-        """Make room for ``n`` more frames; returns the first new row."""
-        need = self.size + n
-        cap = self.source.shape[0]
-        if need > cap:
-            new_cap = max(need, 2 * cap)
-            grown = empty_features(new_cap, np.float32)
-            for name in Features.__dataclass_fields__:
-                getattr(grown, name)[: self.size] = getattr(self.features, name)[: self.size]
-            self.features = grown
-            self.source = np.resize(self.source, new_cap)
-            self.group = np.resize(self.group, new_cap)
-        start, self.size = self.size, need
-        return start
+    def append(self, block: np.ndarray) -> None:
+        need = self.size + block.shape[0]
+        if need > self.data.shape[0]:
+            grown = np.empty((max(need, 2 * self.data.shape[0]), *self.data.shape[1:]),
+                             np.float32)  # fmt: skip
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : need] = block
+        self.size = need
 
-    def trimmed(self) -> tuple[Features, np.ndarray, np.ndarray]:
-        n = self.size
-        f = Features(**{k: getattr(self.features, k)[:n] for k in Features.__dataclass_fields__})
-        return f, self.source[:n], self.group[:n]
+
+def _group_medians(
+    sources: Sequence[Source], options: FitOptions, groups: _Groups, report: ProgressFn
+) -> tuple[np.ndarray, int]:
+    """Pass 1: ``(G, 20)`` median normalised bone lengths per group, and the frame count.
+
+    Medians are taken over at most about :data:`MEDIAN_FRAMES` evenly spaced frames of each
+    input (all frames of inputs whose size is not known in advance): plenty for a rule with a
+    50 % threshold, and it keeps this pass's memory small.
+    """
+    lengths: list[np.ndarray] = []
+    group_ids: list[np.ndarray] = []
+    total = 0
+    for src in sources:
+        step = max(1, (src.frames or 0) // MEDIAN_FRAMES)
+        start = 0
+        for chunk in src.chunks():
+            n = chunk.joints.shape[0]
+            pick = np.arange((-start) % step, n, step)
+            length, valid = quick_bone_lengths(chunk.joints[pick], options.normalization)
+            ids = groups.ids(src, chunk)[pick]
+            lengths.append(length[valid].astype(np.float32))
+            group_ids.append(ids[valid])
+            start += n
+            total += n
+            report("scanning", total, None)
+    medians = np.ones((max(len(groups.names), 1), skeleton.NUM_BONES))
+    if lengths:
+        all_lengths, all_ids = np.concatenate(lengths), np.concatenate(group_ids)
+        del lengths
+        order = np.argsort(all_ids, kind="stable")
+        bounds = np.searchsorted(all_ids[order], np.arange(len(groups.names) + 1))
+        for g in range(len(groups.names)):
+            rows = order[bounds[g] : bounds[g + 1]]
+            if rows.size:
+                medians[g] = np.median(all_lengths[rows], axis=0)
+    return np.where(medians > 0, medians, 1.0), total
+
+
+def _glitches(lengths: np.ndarray, medians: np.ndarray, max_deviation: float) -> np.ndarray:
+    """``(n,)`` frames with a bone off its group median beyond the frame's own scale."""
+    ratio = np.asarray(lengths, dtype=np.float64) / medians
+    scale = np.median(ratio, axis=1, keepdims=True)
+    ratio /= np.where(scale > 0, scale, 1.0)
+    return (np.abs(ratio - 1.0) > max_deviation).any(axis=1)
 
 
 def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) -> Collected:
-    """Stream all sources into one float32 feature store (no per-chunk copies kept)."""
-    known = [s.frames for s in sources]
-    total = sum(k for k in known if k is not None) if None not in known else None
-    store = _FeatureStore(total if total is not None else 65536)
-    group_names: list[str] = []
-    group_index: dict[str, int] = {}
+    """Both streaming passes; see the module docstring."""
+    groups = _Groups(options.group_by)
+    medians, total = _group_medians(sources, options, groups, report)
+    tail = (1.0 - options.coverage) / 2.0
+    tails = {
+        "bone_length": QuantileTails(skeleton.NUM_BONES, total, tail),
+        "palm_curvature": QuantileTails(4, total, tail),
+        "palm_angle": QuantileTails(4, total, tail),
+    }
+    angles = _Angles(total)
+    stride = max(1, int(np.ceil(total / max(options.tolerance_max_poses, 1))))
+    sample_parts: list[Features] = []
+    sample_groups: list[np.ndarray] = []
+    group_used = np.zeros(len(groups.names), np.int64)
+    rejected_total = dict.fromkeys(REJECTION_RULES, 0)
     records, units = [], []
-    for i, src in enumerate(sources):
-        label = "all" if options.group_by == "none" else src.path
-        gid = group_index.setdefault(label, len(group_names))
-        if gid == len(group_names):
-            group_names.append(label)
+    done = 0
+    for src in sources:
+        counts = dict.fromkeys(REJECTION_RULES, 0)
+        used_here = 0
         for chunk in src.chunks():
             n = chunk.joints.shape[0]
-            start = store.reserve(n)
-            features_into(chunk.joints, store.features, start, options.normalization)
-            store.source[start : start + n] = i
-            store.group[start : start + n] = gid
-            report("reading", store.size, total)
+            feats = empty_features(n, np.float32)
+            features_into(chunk.joints, feats, 0, options.normalization)
+            ids = groups.ids(src, chunk)
+            degenerate = feats.degenerate
+            glitch = np.zeros(n, bool)
+            if options.reject_glitches:
+                glitch = _glitches(feats.bone_length, medians[ids], options.glitch_max_deviation)
+                glitch &= ~degenerate
+            used = ~degenerate & ~glitch
+            counts["degenerate"] += int(degenerate.sum())
+            counts["bone_length_outlier"] += int(glitch.sum())
+            used_here += int(used.sum())
+            angles.append(feats.flexion_abduction[used])
+            for name, keeper in tails.items():
+                keeper.add(getattr(feats, name)[used])
+            group_used += np.bincount(ids[used], minlength=len(group_used))
+            pick = used & ((done + np.arange(n)) % stride == 0)
+            sample_parts.append(
+                Features(**{f: getattr(feats, f)[pick] for f in Features.__dataclass_fields__})
+            )
+            sample_groups.append(ids[pick])
+            done += n
+            report("reading", done, total)
         stats = src.stats
+        rejected = dict(stats.dropped) | counts
+        for rule in REJECTION_RULES:
+            rejected_total[rule] += counts[rule]
         records.append(
             SourceRecord(
                 path=src.path,
                 format=src.format,
                 sha256=src.sha256(),
                 frames_read=stats.frames_read,
-                frames_used=stats.frames_kept,
+                frames_used=used_here,
                 frames_mirrored=stats.frames_mirrored,
-                rejected=dict(stats.dropped),
+                rejected=rejected,
             )
         )
         units.append(src.unit)
-    features, source_ids, group_ids = store.trimmed()
-    return Collected(features, source_ids, group_ids, group_names, records, units)
-
-
-# --------------------------------------------------------------------------- rejection
-def reject_frames(data: Collected, options: FitOptions) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The used-frame mask ``(N,)`` and, per rejection rule, the frames it removed.
-
-    A frame is counted under the first rule that removes it (degenerate before glitch).
-    """
-    degenerate = np.asarray(data.features.degenerate, dtype=bool)
-    glitch = np.zeros_like(degenerate)
-    if options.reject_glitches:
-        glitch = _bone_length_outliers(data, ~degenerate, options.glitch_max_deviation)
-        glitch &= ~degenerate
-    used = ~degenerate & ~glitch
-    return used, {"degenerate": degenerate, "bone_length_outlier": glitch}
-
-
-def _bone_length_outliers(data: Collected, valid: np.ndarray, max_deviation: float) -> np.ndarray:
-    lengths = data.features.bone_length
-    medians = np.ones((len(data.group_names), skeleton.NUM_BONES), np.float64)
-    for g in range(len(data.group_names)):
-        rows = valid & (data.group == g)
-        if rows.any():
-            medians[g] = np.median(lengths[rows], axis=0)
-    medians = np.where(medians > 0, medians, 1.0)
-    out = np.zeros(lengths.shape[0], bool)
-    step = 65536
-    for start in range(0, lengths.shape[0], step):
-        block = slice(start, start + step)
-        ratio = lengths[block] / medians[data.group[block]]
-        scale = np.median(ratio, axis=1, keepdims=True)
-        ratio /= np.where(scale > 0, scale, 1.0)
-        out[block] = (np.abs(ratio - 1.0) > max_deviation).any(axis=1)
-    return out
+    used_angles = angles.data[: angles.size]
+    intervals = (
+        {name: keeper.quantiles() for name, keeper in tails.items()} if used_angles.size else {}
+    )
+    return Collected(
+        angles=used_angles,
+        intervals=intervals,
+        sample=concatenate(sample_parts),
+        sample_group=np.concatenate(sample_groups) if sample_groups else np.empty(0, np.int32),
+        group_names=groups.names,
+        group_used=group_used,
+        records=records,
+        units=units,
+        frames_read=done,
+        rejected=rejected_total,
+    )
 
 
 # --------------------------------------------------------------------------- limits
@@ -258,34 +345,34 @@ def _quantile_columns(values: np.ndarray, rows: np.ndarray, coverage: float) -> 
     return out
 
 
-def fit_core(
-    features: Features,
-    rows: np.ndarray,
+def joint_angle_limits(
+    angles: np.ndarray,
+    rows: np.ndarray | slice,
     options: FitOptions,
     report: ProgressFn | None = None,
     *,
     final: bool = False,
-) -> Limits:
-    """Limits from the frames ``rows`` (indices) of ``features``, with zero tolerances."""
+) -> JointAngleLimits:
+    """Per angle id: flexion centre, unwrapped hull pipeline and quantile box over ``rows``.
+
+    ``angles`` ``(N, 15, 2)`` radians (float32 or float64). ``final`` keeps the exact and RDP
+    hulls (when ``options.keep_pipeline_hulls``) and reports progress.
+    """
     c = options.coverage
-
-    def interval(values: np.ndarray, names: tuple[str, ...]) -> Interval:
-        q = _quantile_columns(values, rows, c)
-        return Interval(names, q[0], q[1], np.zeros(len(names)))
-
     centers = np.empty(skeleton.NUM_ANGLES)
     fits: list[hulls.HullFit] = []
     box = np.empty((2, skeleton.NUM_ANGLES, 2))
     for a in range(skeleton.NUM_ANGLES):
-        pts = np.asarray(features.flexion_abduction[rows, a], dtype=np.float64)
+        pts = np.asarray(angles[rows, a], dtype=np.float64)
         centers[a] = hulls.flexion_center(pts[:, 0])
         pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], centers[a])
         fits.append(hulls.fit_hull(pts, coverage=c, rdp_epsilon=options.rdp_epsilon))
         box[:, a] = _quantile_columns(pts, slice(None), c)
+        del pts
         if report is not None and final:
             report("hulls", a + 1, skeleton.NUM_ANGLES)
     keep = final and options.keep_pipeline_hulls
-    joint = JointAngleLimits(
+    return JointAngleLimits(
         names=skeleton.ANGLE_NAMES,
         flexion_center=centers,
         hulls=[f.vertices for f in fits],
@@ -297,14 +384,35 @@ def fit_core(
         exact_hulls=[f.exact for f in fits] if keep else None,
         rdp_hulls=[f.rdp for f in fits] if keep else None,
     )
+
+
+def _assemble(
+    intervals: dict[str, np.ndarray], joint: JointAngleLimits, options: FitOptions
+) -> Limits:
+    """Limits (zero tolerances) from ``(2, K)`` quantile pairs per family and joint regions."""
+
+    def interval(name: str, names: tuple[str, ...]) -> Interval:
+        q = intervals[name]
+        return Interval(names, q[0], q[1], np.zeros(len(names)))
+
     return Limits(
-        bone_length=interval(features.bone_length, skeleton.BONE_NAMES),
-        palm_curvature=interval(features.palm_curvature, skeleton.PALM_NAMES),
-        palm_angle=interval(features.palm_angle, skeleton.PALM_NAMES),
+        bone_length=interval("bone_length", skeleton.BONE_NAMES),
+        palm_curvature=interval("palm_curvature", skeleton.PALM_NAMES),
+        palm_angle=interval("palm_angle", skeleton.PALM_NAMES),
         joint_angle=joint,
         normalization=options.normalization,
-        coverage=c,
+        coverage=options.coverage,
     )
+
+
+def fit_core(features: Features, rows: np.ndarray, options: FitOptions) -> Limits:
+    """Limits (zero tolerances) from the frames ``rows`` (indices) of in-memory ``features``."""
+    intervals = {
+        name: _quantile_columns(getattr(features, name), rows, options.coverage)
+        for name in ("bone_length", "palm_curvature", "palm_angle")
+    }
+    return _assemble(intervals, joint_angle_limits(features.flexion_abduction, rows, options),
+                     options)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tolerances
@@ -319,7 +427,7 @@ def _split(stacked: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _leave_one_group_out(
-    data: Collected, used: np.ndarray, options: FitOptions, report: ProgressFn
+    data: Collected, options: FitOptions, report: ProgressFn
 ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     """Tolerances and held-out statistics.
 
@@ -332,8 +440,8 @@ def _leave_one_group_out(
     """
     names = data.group_names
     zero = {f: np.zeros(v) for f, v in zip(FAMILIES, (20, 4, 4, 15), strict=True)}
-    rows = np.flatnonzero(used)
-    present = [g for g in range(len(names)) if (data.group[rows] == g).any()]
+    sample_group = data.sample_group
+    present = [g for g in range(len(names)) if (sample_group == g).any()]
     if len(present) < MIN_GROUPS_FOR_TOLERANCE:
         return zero, {
             "tolerance_method": (
@@ -341,17 +449,15 @@ def _leave_one_group_out(
                 f"{MIN_GROUPS_FOR_TOLERANCE}; tolerances are 0"
             ),
         }
-    stride = max(1, int(np.ceil(rows.size / max(options.tolerance_max_poses, 1))))
-    sample = rows[::stride]
-    sample_group = data.group[sample]
     fold_magnitudes: list[np.ndarray] = []
     fold_quantiles = []
     for k, g in enumerate(present):
-        train, test = sample[sample_group != g], sample[sample_group == g]
+        train = np.flatnonzero(sample_group != g)
+        test = np.flatnonzero(sample_group == g)
         if test.size == 0 or train.size < MIN_POSES:
             continue
-        fold_limits = fit_core(data.features, train, options)
-        mags = compute_violations(_subset(data.features, test), fold_limits).stacked()
+        fold_limits = fit_core(data.sample, train, options)
+        mags = compute_violations(_subset(data.sample, test), fold_limits).stacked()
         fold_magnitudes.append(mags.astype(np.float32))
         fold_quantiles.append(np.quantile(mags, options.quantile, axis=0))
         report("tolerances", k + 1, len(present))
@@ -376,20 +482,17 @@ def _leave_one_group_out(
 
 
 # --------------------------------------------------------------------------- bookkeeping
-def _statistics(
-    data: Collected, used: np.ndarray, rejected: dict[str, np.ndarray]
-) -> dict[str, object]:
-    groups = np.asarray(data.group_names, dtype=object)
-    per_group = np.bincount(data.group[used], minlength=len(groups))
+def _statistics(data: Collected) -> dict[str, object]:
     stats: dict[str, object] = {
-        "frames_read": int(used.size),
-        "frames_used": int(used.sum()),
+        "frames_read": int(data.frames_read),
+        "frames_used": int(data.angles.shape[0]),
         "frames_mirrored": int(sum(r.frames_mirrored for r in data.records)),
-        "groups": groups,
-        "group_frames_used": per_group.astype(np.int64),
+        "groups": np.asarray(data.group_names, dtype=object),
+        "group_frames_used": data.group_used.astype(np.int64),
+        "tolerance_poses": len(data.sample),
     }
-    for rule, mask in rejected.items():
-        stats[f"rejected_{rule}"] = int(mask.sum())
+    for rule, count in data.rejected.items():
+        stats[f"rejected_{rule}"] = int(count)
     return stats
 
 

@@ -184,6 +184,26 @@ def bone_lengths(joints: np.ndarray, normalization: str = "reference-bone") -> n
     return compute_features(joints, normalization).bone_length
 
 
+def quick_bone_lengths(
+    joints: np.ndarray, normalization: str = "reference-bone"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bone lengths only, ``(n, 20)`` float64, and ``valid (n,)``: finite, no zero bone.
+
+    The cheap part of :func:`compute_features` (no palm, no frames) for a first pass over a
+    dataset; where ``valid`` holds, the lengths equal ``compute_features(...).bone_length``.
+    """
+    check_normalization(normalization)
+    j = np.asarray(joints, dtype=np.float64).reshape(-1, skeleton.NUM_JOINTS, 3)
+    bones = j[:, skeleton.BONE_CHILD] - j[:, skeleton.BONE_PARENT]
+    length = np.sqrt(np.einsum("nbk,nbk->nb", bones, bones))
+    a, b = skeleton.REFERENCE_JOINTS
+    ref = np.sqrt(np.einsum("nk,nk->n", j[:, a] - j[:, b], j[:, a] - j[:, b]))
+    valid = np.isfinite(length).all(axis=1) & (length > ZERO_LENGTH * ref[:, None]).all(axis=1)
+    if normalization == "reference-bone":
+        length = length / np.where(valid & (ref > 0), ref, 1.0)[:, None]
+    return np.where(valid[:, None], length, 0.0), valid
+
+
 def flexion_abduction(joints: np.ndarray) -> np.ndarray:
     """Flexion/abduction ``(N, 15, 2)`` radians of ``(..., 21, 3)`` joints (0 if degenerate)."""
     return compute_features(joints, "none").flexion_abduction

@@ -187,3 +187,28 @@ def test_reads_left_hands_through_the_reader(tmp_path) -> None:
     assert limits.provenance.sources[0].frames_mirrored == 400
     right = fit_limits(open_sources([str(path)]))  # read as right hands: a different palm
     assert not np.allclose(limits.palm_curvature.max, right.palm_curvature.max, rtol=0.05)
+
+
+def test_group_by_label_uses_per_frame_labels(recordings) -> None:
+    """A reader's per-frame labels (subjects in one file) become the tolerance groups."""
+    from bmc_calib.formats import Chunk, Source
+
+    joints = np.concatenate([np.load(p)[:400] for p in recordings["paths"]])
+    labels = np.repeat([s.name for s in SUBJECTS], 400)
+    path = str(recordings["root"] / "all.npy")
+    np.save(path, joints)
+
+    def read(stats):
+        stats.frames_read = stats.frames_kept = joints.shape[0]
+        for start in range(0, joints.shape[0], 256):
+            yield Chunk(joints[start : start + 256], labels[start : start + 256])
+
+    def source() -> Source:
+        return Source(path, "test", "mm", "canonical", joints.shape[0], read)
+
+    by_label = fit_limits([source()], FitOptions(group_by="label"))
+    assert list(by_label.statistics["groups"]) == [f"{path}:{s.name}" for s in SUBJECTS]
+    assert by_label.statistics["tolerance_method"] == "leave-one-group-out"
+    assert list(by_label.statistics["group_frames_used"].shape) == [4]
+    by_file = fit_limits([source()], FitOptions(group_by="file"))
+    assert by_file.statistics["tolerance_method"].startswith("none: 1 group(s)")
