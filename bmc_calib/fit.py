@@ -163,7 +163,11 @@ def fit_limits(
 
 # --------------------------------------------------------------------------- reading
 class _Groups:
-    """Group ids of frames: per file, one for all, or per reader label (falling back to file)."""
+    """Group ids of frames: per file, one for all, or per reader label (falling back to file).
+
+    Labels are named ``<format>:<label>``, so the same subject or sequence in several files
+    of one dataset is one group.
+    """
 
     def __init__(self, group_by: str) -> None:
         self.group_by = group_by
@@ -182,7 +186,7 @@ class _Groups:
             return np.full(n, self._id("all"), np.int32)
         if self.group_by == "label" and chunk.group is not None:
             labels, inverse = np.unique(np.asarray(chunk.group).astype(str), return_inverse=True)
-            ids = np.asarray([self._id(f"{source.path}:{lab}") for lab in labels], np.int32)
+            ids = np.asarray([self._id(f"{source.format}:{lab}") for lab in labels], np.int32)
             return ids[inverse.reshape(-1)]
         return np.full(n, self._id(source.path), np.int32)
 
@@ -301,6 +305,8 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
         rejected = dict(stats.dropped) | counts
         for rule in REJECTION_RULES:
             rejected_total[rule] += counts[rule]
+        for reason, count in stats.dropped.items():  # frames the reader dropped (invalid)
+            rejected_total[reason] = rejected_total.get(reason, 0) + count
         records.append(
             SourceRecord(
                 path=src.path,
@@ -326,7 +332,7 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
         group_used=group_used,
         records=records,
         units=units,
-        frames_read=done,
+        frames_read=sum(r.frames_read for r in records),
         rejected=rejected_total,
     )
 

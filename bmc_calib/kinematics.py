@@ -53,7 +53,7 @@ OPPOSITE_NORMALS = 1e-7
 #: |z × b| below this (for unit z, b) means b is (anti)parallel to z in frame propagation.
 ALIGNED = 1e-12
 
-DEFAULT_CHUNK = 8192
+DEFAULT_CHUNK = 3000  # poses per float64 block; powers of two collide in the cache
 
 _ROOT = np.asarray(skeleton.ROOT_BONES)
 _LEVELS = [np.asarray(lv) for lv in skeleton.LEVEL_BONES]

@@ -207,7 +207,7 @@ def test_group_by_label_uses_per_frame_labels(recordings) -> None:
         return Source(path, "test", "mm", "canonical", joints.shape[0], read)
 
     by_label = fit_limits([source()], FitOptions(group_by="label"))
-    assert list(by_label.statistics["groups"]) == [f"{path}:{s.name}" for s in SUBJECTS]
+    assert list(by_label.statistics["groups"]) == [f"test:{s.name}" for s in SUBJECTS]
     assert by_label.statistics["tolerance_method"] == "leave-one-group-out"
     assert list(by_label.statistics["group_frames_used"].shape) == [4]
     by_file = fit_limits([source()], FitOptions(group_by="file"))

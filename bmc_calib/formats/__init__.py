@@ -1,6 +1,14 @@
 """Format readers: a registry, auto-detection, and opening many inputs at once.
 
-See :mod:`bmc_calib.formats.base` for the reader interface.
+See :mod:`bmc_calib.formats.base` for the reader interface and ``docs/formats.md`` for what
+each format expects.
+
+Inputs may be files, folders or glob patterns. Detection (:func:`detect_format`) asks every
+reader for a score (:data:`~bmc_calib.formats.base.SCORE_SUFFIX` … ``SCORE_NAME``) and takes
+the highest; a tie is a :class:`UsageError` naming the candidates (pass ``--format``). A
+folder is one source when a dataset reader claims it (an HO-3D split, a DexYCB root, …);
+otherwise the files below it are read one source each — the dataset files (recognised by
+name or content) when there are any, else the generic array files.
 """
 
 from __future__ import annotations
@@ -9,17 +17,32 @@ import glob
 import os
 
 from bmc_calib.errors import BadInputError, UsageError
+from bmc_calib.formats import _io
 from bmc_calib.formats.arrays import NpyReader, NpzReader
 from bmc_calib.formats.base import (
+    SCORE_SUFFIX,
     Chunk,
     Reader,
     ReadOptions,
     Source,
     SourceStats,
+    drop_invalid,
     file_sha256,
+    make_chunk,
     palm_center_to_wrist,
     to_right_hands,
 )
+from bmc_calib.formats.dexycb import DexYcbReader
+from bmc_calib.formats.generic import CsvReader, H5Reader, JsonReader
+from bmc_calib.formats.json_datasets import (
+    FreiHandReader,
+    InterHandReader,
+    MediaPipeReader,
+    MediaPipeSwappedReader,
+)
+from bmc_calib.formats.pickles import Ho3dReader, RhdReader
+from bmc_calib.formats.stb import StbReader
+from bmc_calib.formats.text_datasets import FingertipReader, FphaReader, GaneratedReader
 
 __all__ = [
     "Chunk",
@@ -27,13 +50,18 @@ __all__ = [
     "Reader",
     "Source",
     "SourceStats",
+    "describe_formats",
     "detect_format",
+    "drop_invalid",
+    "expand_inputs",
     "file_sha256",
     "get_reader",
+    "make_chunk",
     "open_sources",
     "palm_center_to_wrist",
     "readers",
     "register",
+    "resolve_input",
     "to_right_hands",
 ]
 
@@ -63,29 +91,74 @@ def get_reader(name: str) -> Reader:
         ) from None
 
 
+def describe_formats() -> list[dict[str, object]]:
+    """Every registered format's metadata (``bmc-calib formats``), by name."""
+    return [r.info() for r in readers()]
+
+
+def _best(path: str, candidates: list[Reader]) -> tuple[int, list[Reader]]:
+    scores = [(r.detect(path), r) for r in candidates]
+    best = max((s for s, _ in scores), default=0)
+    return best, [r for s, r in scores if s == best and best > 0]
+
+
 def detect_format(path: str) -> Reader:
     """The reader most sure it can read ``path`` (raises when none or several tie)."""
-    scores = [(r.detect(path), r) for r in readers()]
-    best = max((s for s, _ in scores), default=0)
+    best, tied = _best(path, readers())
     if best <= 0:
         raise BadInputError(
             f"{path}: unrecognised input format; known formats: {', '.join(sorted(_READERS))} "
             "(name one with --format)"
         )
-    tied = [r.name for s, r in scores if s == best]
     if len(tied) > 1:
-        raise UsageError(f"{path}: ambiguous format, could be {', '.join(tied)}; pass --format")
-    return next(r for s, r in scores if s == best)
+        raise UsageError(
+            f"{path}: ambiguous format, could be {', '.join(r.name for r in tied)}; "
+            "pass --format NAME"
+        )
+    return tied[0]
+
+
+def resolve_input(path: str, format: str | None = None) -> list[tuple[Reader, str]]:
+    """``(reader, path)`` pairs for one input: a file, or a folder (one or many sources)."""
+    forced = get_reader(format) if format else None
+    if not os.path.isdir(path):
+        return [(forced or detect_format(path), path)]
+    if forced is not None:
+        if forced.folders:
+            return [(forced, path)]
+        files = [f for f in _io.walk_files(path) if forced.detect(f) > 0]
+        if not files:
+            raise BadInputError(f"{path}: no {forced.name} files below this folder")
+        return [(forced, f) for f in files]
+    _, tied = _best(path, [r for r in readers() if r.folders])
+    if len(tied) > 1:
+        raise UsageError(
+            f"{path}: ambiguous dataset folder, could be {', '.join(r.name for r in tied)}; "
+            "pass --format NAME or a narrower folder"
+        )
+    if tied:
+        return [(tied[0], path)]
+    found: list[tuple[int, str]] = []
+    for f in _io.walk_files(path):
+        score, _ = _best(f, readers())
+        if score > 0:
+            found.append((score, f))
+    if not found:
+        raise BadInputError(
+            f"{path}: no recognised pose files below this folder (see bmc-calib formats)"
+        )
+    specific = [f for s, f in found if s > SCORE_SUFFIX]
+    return [(detect_format(f), f) for f in specific or [f for _, f in found]]
 
 
 def expand_inputs(paths: list[str]) -> list[str]:
-    """Expand glob patterns (for shells that do not); missing paths raise BadInputError."""
+    """Expand glob patterns (for shells that do not, ``**`` included); missing paths raise."""
     out: list[str] = []
     for p in paths:
         if os.path.exists(p):
             out.append(p)
             continue
-        matches = sorted(glob.glob(p))
+        matches = sorted(glob.glob(p, recursive=True), key=_io.natural_key)
         if not matches:
             raise BadInputError(f"{p}: no such file or directory")
         out.extend(matches)
@@ -97,14 +170,36 @@ def expand_inputs(paths: list[str]) -> list[str]:
 def open_sources(
     paths: list[str], options: ReadOptions | None = None, format: str | None = None
 ) -> list[Source]:
-    """Open every input (after glob expansion) with the named or detected reader."""
+    """Open every input (globs expanded, folders resolved) with the named or detected reader.
+
+    Opening is cheap: most readers check the file and defer parsing to ``Source.chunks()``,
+    so malformed content may raise :class:`BadInputError` while iterating.
+    """
     opts = options or ReadOptions()
     sources = []
     for path in expand_inputs(paths):
-        reader = get_reader(format) if format else detect_format(path)
-        sources.append(reader.open(path, opts))
+        for reader, item in resolve_input(path, format):
+            reader.check_options(opts)
+            sources.append(reader.open(item, opts))
     return sources
 
 
-register(NpyReader())
-register(NpzReader())
+for _reader in (
+    NpyReader(),
+    NpzReader(),
+    JsonReader(),
+    CsvReader(),
+    H5Reader(),
+    FreiHandReader(),
+    RhdReader(),
+    StbReader(),
+    GaneratedReader(),
+    Ho3dReader(),
+    InterHandReader(),
+    FphaReader(),
+    DexYcbReader(),
+    MediaPipeReader(),
+    MediaPipeSwappedReader(),
+    FingertipReader(),
+):
+    register(_reader)

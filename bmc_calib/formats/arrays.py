@@ -7,14 +7,23 @@ A ``.npz`` file may also hold ``is_left`` ``(N,)`` bool: those frames are mirror
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
 from bmc_calib import skeleton
 from bmc_calib.errors import BadInputError
-from bmc_calib.formats.base import Chunk, Reader, ReadOptions, Source, SourceStats, to_right_hands
+from bmc_calib.formats._io import ARCHIVE_ERRORS
+from bmc_calib.formats.base import (
+    Chunk,
+    Reader,
+    ReadOptions,
+    Source,
+    SourceStats,
+    incomplete_skeleton,
+    make_chunk,
+    source_unit,
+)
 
 #: Array names tried, in order, when a ``.npz`` holds several arrays and no ``--key`` is given.
 NPZ_KEYS: tuple[str, ...] = ("joints", "joints_3d", "xyz", "keypoints", "poses")
@@ -24,6 +33,8 @@ def check_joint_shape(path: str, shape: tuple[int, ...], dtype: np.dtype) -> Non
     """Raise a one-line :class:`BadInputError` unless ``shape`` is ``(N>0, 21, 3)`` numbers."""
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise BadInputError(f"{path}: joints must be numbers, found dtype {dtype}")
+    if len(shape) == 3 and shape[2] == 3 and (refusal := incomplete_skeleton(path, shape[1])):
+        raise refusal
     if len(shape) != 3 or tuple(shape[1:]) != (skeleton.NUM_JOINTS, 3):
         raise BadInputError(f"{path}: expected joints of shape (N, 21, 3), found {tuple(shape)}")
     if shape[0] == 0:
@@ -53,7 +64,9 @@ def _stream(
         except (OSError, ValueError) as exc:  # a memory map past a truncated end
             raise BadInputError(f"{path}: cannot read frames from {start} ({exc})") from None
         left = is_left if isinstance(is_left, bool) else is_left[start : start + step]
-        yield Chunk(to_right_hands(block, layout, left, stats))
+        chunk = make_chunk(block, layout, stats, options, is_left=left, clean=False)
+        if chunk is not None:
+            yield chunk
 
 
 class _NpyRows:
@@ -96,18 +109,24 @@ class NpyReader(Reader):
     description = "NumPy array of joints (N, 21, 3); streamed in chunks"
     suffixes = (".npy",)
     handedness = "right; --hand left mirrors all frames"
+    expected_files = "*.npy holding (N, 21, 3) or (21, 3) joints"
+    example = "bmc-calib fit poses.npy --layout rhd -o limits.h5"
+    layout_option = True
+    key_option = True
 
     def open(self, path: str, options: ReadOptions) -> Source:
         try:
             arr = _NpyRows(path)
-        except (OSError, ValueError, EOFError) as exc:
+        except BadInputError:
+            raise
+        except Exception as exc:  # numpy's header parser raises many types on corrupt files
             raise BadInputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
         layout = skeleton.get_layout(options.layout or self.layout)
         is_left = options.hand == "left"
         return Source(
             path=path,
             format=self.name,
-            unit=self.unit,
+            unit=source_unit(self, options),
             layout=layout.name,
             frames=int(arr.shape[0]),
             read_chunks=lambda stats: _stream(path, arr, layout, is_left, options, stats),
@@ -122,16 +141,23 @@ class NpzReader(Reader):
     )
     suffixes = (".npz",)
     handedness = "right; per-frame is_left array, or --hand left for all"
+    expected_files = "*.npz with a joints array (N, 21, 3) (--key names it)"
+    example = "bmc-calib fit poses.npz --key joints -o limits.h5"
+    layout_option = True
+    key_option = True
 
     def open(self, path: str, options: ReadOptions) -> Source:
         try:
-            with np.load(path, allow_pickle=False) as archive:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise BadInputError(f"{path}: not an .npz archive (holds a single array)")
+            with archive:
                 key = self._joint_key(path, list(archive.files), options.key)
                 arr = check_joint_array(path, archive[key])
                 is_left = archive["is_left"] if "is_left" in archive.files else None
         except BadInputError:
             raise
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        except ARCHIVE_ERRORS as exc:
             raise BadInputError(f"{path}: not a readable .npz archive ({_short(exc)})") from None
         left: np.ndarray | bool = options.hand == "left"
         if is_left is not None and options.hand is None:
@@ -144,7 +170,7 @@ class NpzReader(Reader):
         return Source(
             path=path,
             format=self.name,
-            unit=self.unit,
+            unit=source_unit(self, options),
             layout=layout.name,
             frames=int(arr.shape[0]),
             read_chunks=lambda stats: _stream(path, arr, layout, left, options, stats),
