@@ -140,3 +140,174 @@ def bundle_report(console: Console, summary: dict[str, Any]) -> None:
     console.print(sources_table(summary))
     limits_tables(console, summary)
     heldout_lines(console, summary["statistics"])
+
+
+def _amount(value: float, unit: str) -> str:
+    if unit == "fraction":
+        return f"{100.0 * value:.1f} %"
+    if unit == "deg":
+        return f"{value:.1f}°"
+    return f"{value:.3f}"
+
+
+#: human names of the constraint families
+FAMILY_LABELS = {
+    "bone_length": "bone length",
+    "palm_curvature": "palm curvature",
+    "palm_angle": "palm angle",
+    "joint_angle": "joint angle",
+}
+
+
+def validate_tables(summary: dict[str, Any]) -> list[Table]:
+    """Verdicts, families, joints (and bones / palm items that were violated)."""
+    verdicts = _table("Verdicts")
+    for col in ("verdict", "poses", "rate"):
+        verdicts.add_column(col, justify="left" if col == "verdict" else "right")
+    for name in ("plausible", "implausible", "degenerate"):
+        verdicts.add_row(name, str(summary[name]), _pct(summary["rates"][name]))
+
+    families = _table("Constraints violated")
+    for col in ("constraint", "poses", "rate", "worst seen"):
+        families.add_column(col, justify="left" if col == "constraint" else "right")
+    for family, rec in summary["families"].items():
+        families.add_row(
+            FAMILY_LABELS.get(family, family),
+            str(rec["poses"]),
+            _pct(rec["rate"]),
+            _amount(rec["max"], rec["unit"]),
+        )
+
+    joints = _table("Joint angles [deg outside]")
+    for col in ("joint", "poses", "rate", "worst seen", "tolerance"):
+        joints.add_column(col, justify="left" if col == "joint" else "right")
+    for r in summary["joints"]:
+        joints.add_row(
+            r["label"],
+            str(r["poses"]),
+            _pct(r["rate"]),
+            f"{r['max_deg']:.1f}",
+            f"{r['tolerance_deg']:.2f}",
+        )
+    tables = [verdicts, families, joints]
+
+    others = _table("Other violated items")
+    for col in ("constraint", "item", "poses", "rate", "worst seen", "tolerance"):
+        others.add_column(col, justify="left" if col in ("constraint", "item") else "right")
+    units = {f: rec["unit"] for f, rec in summary["families"].items()}
+    for family, key, suffix in (
+        ("bone_length", "bones", ""),
+        ("palm_curvature", "palm_curvature", ""),
+        ("palm_angle", "palm_angle", "_deg"),
+    ):
+        for r in summary[key]:
+            if r["poses"]:
+                others.add_row(
+                    FAMILY_LABELS[family],
+                    r["label"],
+                    str(r["poses"]),
+                    _pct(r["rate"]),
+                    _amount(r["max" + suffix], units[family]),
+                    _amount(r["tolerance" + suffix], units[family]),
+                )
+    if others.row_count:
+        tables.append(others)
+    return tables
+
+
+def validate_report(console: Console, summary: dict[str, Any]) -> None:
+    """The human summary of ``bmc-calib validate``."""
+    if len(summary["sources"]) > 1:
+        files = _table("Inputs")
+        files.add_column("file", overflow="fold")
+        for col in ("poses", "plausible", "implausible", "degenerate"):
+            files.add_column(col, justify="right")
+        for s in summary["sources"]:
+            files.add_row(
+                s["path"],
+                str(s["poses"]),
+                str(s["plausible"]),
+                str(s["implausible"]),
+                str(s["degenerate"]),
+            )
+        console.print(files)
+    for table in validate_tables(summary):
+        console.print(table)
+    if summary["worst_poses"]:
+        console.print("Worst poses:")
+        for w in summary["worst_poses"]:
+            console.print(
+                f"  frame {w['frame']} (file {w['source']}): {w['reason']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if summary["degenerate"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["degenerate_reasons"].items() if v)
+        console.print(f"Degenerate poses: {summary['degenerate']} ({reasons})")
+        for d in summary["degenerate_examples"]:
+            console.print(
+                f"  frame {d['frame']} (file {d['source']}): {', '.join(d['reasons'])}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    acc = summary.get("accuracy")
+    if acc:
+        unit = acc["unit"]
+        console.print(
+            f"Accuracy vs ground truth ({acc['poses']} poses"
+            + (f", {acc['skipped']} skipped: not finite" if acc["skipped"] else "")
+            + f"): MPJPE {_mm(acc[f'mpjpe_root_aligned_{unit}'])} {unit} root-aligned, "
+            f"{_mm(acc[f'mpjpe_procrustes_{unit}'])} {unit} Procrustes; PCK AUC 0–50 / 20–50 "
+            f"{unit}: {_auc(acc['pck_auc_0_50_root_aligned'])} / "
+            f"{_auc(acc['pck_auc_20_50_root_aligned'])} root-aligned, "
+            f"{_auc(acc['pck_auc_0_50_procrustes'])} / {_auc(acc['pck_auc_20_50_procrustes'])} "
+            "Procrustes",
+            highlight=False,
+            soft_wrap=True,
+        )
+        by = acc["by_verdict"]
+        parts = [
+            f"{name} {_mm(rec[f'mpjpe_procrustes_{unit}'])} {unit} ({rec['poses']})"
+            for name, rec in by.items()
+            if rec["poses"]
+        ]
+        console.print("  Procrustes MPJPE by verdict: " + ", ".join(parts), highlight=False)
+    tolerance_lines(console, summary)
+    verdict = "[red]FAIL[/red]" if summary["failed"] else "[green]OK[/green]"
+    console.print(
+        f"{verdict}: {summary['plausible']} of {summary['poses']} poses plausible, "
+        f"{summary['implausible']} implausible, {summary['degenerate']} degenerate "
+        f"(--fail-on {summary['fail_on']})"
+    )
+
+
+def _mm(x: Any) -> str:
+    return "–" if x is None else f"{float(x):.2f}"
+
+
+def _auc(x: Any) -> str:
+    return "–" if x is None else f"{float(x):.3f}"
+
+
+def tolerance_lines(console: Console, summary: dict[str, Any]) -> None:
+    """How the tolerances were estimated and the false-flag rate to expect."""
+    b = summary["bundle"]
+    scale = summary["tolerance_scale"]
+    method = b["tolerance_method"]
+    if method == "leave-one-group-out":
+        console.print(
+            f"Tolerances: bundle's leave-one-group-out estimates over {b['heldout_groups']} "
+            f"groups × {scale:g}. Expected false-flag rate on an unseen person (held-out, at "
+            f"× 1): mean {_pct(b['heldout_false_flag_rate_mean'])}, worst "
+            f"{_pct(b['heldout_false_flag_rate_max'])}"
+            + ("" if scale == 1 else "; a smaller scale flags more, a larger one fewer"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"Tolerances: {method or 'not recorded'} (× {scale:g}); no held-out false-flag "
+            "estimate: expect many poses of a new person to be flagged",
+            highlight=False,
+            soft_wrap=True,
+        )

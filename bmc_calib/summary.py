@@ -137,3 +137,132 @@ def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
         "digest_ok": bool(info.digest_ok),
         **limits_summary(limits),
     }
+
+
+def validate_summary(result: Any, choice: Any, fail_on: str) -> dict[str, Any]:
+    """What ``bmc-calib validate --json`` prints.
+
+    ``result`` is a :class:`bmc_calib.validate.Validation`, ``choice`` the
+    :class:`bmc_calib.default_bundle.BundleChoice` it was checked against. Rates are
+    fractions of all poses. Bone-length magnitudes are fractions of the violated limit, palm
+    curvature in 1 / the bundle's length unit, angles in degrees (``*_deg``).
+    """
+    from bmc_calib import validate as v
+
+    limits = result.limits
+    n = result.poses
+
+    def rate(count: int) -> float:
+        return count / n if n else 0.0
+
+    def items(family: str, key_suffix: str) -> list[dict[str, Any]]:
+        f = v.FAMILIES.index(family)
+        factor = v.DISPLAY_FACTOR[family]
+        out = []
+        for i in range(int(v.FAMILY_OFFSETS[f]), int(v.FAMILY_OFFSETS[f + 1])):
+            count = int(result.item_poses[i])
+            out.append(
+                {
+                    "name": v.ITEM_NAMES[i],
+                    "label": v.item_label(i),
+                    "poses": count,
+                    "rate": rate(count),
+                    f"max{key_suffix}": float(result.item_max[i] * factor),
+                    f"tolerance{key_suffix}": float(result.tolerance[i] * factor),
+                }
+            )
+        return out
+
+    families = {}
+    for f, family in enumerate(v.FAMILIES):
+        part = slice(int(v.FAMILY_OFFSETS[f]), int(v.FAMILY_OFFSETS[f + 1]))
+        count = int(result.family_poses[f])
+        families[family] = {
+            "poses": count,
+            "rate": rate(count),
+            "max": float(result.item_max[part].max() * v.DISPLAY_FACTOR[family]),
+            "unit": v.display_unit(family, limits),
+        }
+    stats = limits.statistics
+    info = choice.info
+    summary: dict[str, Any] = {
+        "poses": n,
+        "plausible": result.count("plausible"),
+        "implausible": result.count("implausible"),
+        "degenerate": result.count("degenerate"),
+        "rates": {name: rate(result.count(name)) for name in v.VERDICTS},
+        "failed": result.failed(fail_on),
+        "fail_on": fail_on,
+        "tolerance_scale": result.tolerance_scale,
+        "families": families,
+        "joints": items("joint_angle", "_deg"),
+        "bones": items("bone_length", ""),
+        "palm_curvature": items("palm_curvature", ""),
+        "palm_angle": items("palm_angle", "_deg"),
+        "degenerate_reasons": dict(result.degenerate_reasons),
+        "worst_poses": [
+            {
+                "source": w.source,
+                "frame": w.frame,
+                "constraint": w.family,
+                "item": w.item,
+                "magnitude": w.magnitude,
+                "unit": w.unit,
+                "direction": w.direction,
+                "violations": w.violations,
+                "reason": w.reason,
+            }
+            for w in result.worst
+        ],
+        "degenerate_examples": [
+            {"source": d.source, "frame": d.frame, "reasons": list(d.reasons)}
+            for d in result.degenerate_examples
+        ],
+        "sources": [
+            {
+                "path": path,
+                "poses": int(counts.sum()),
+                **{name: int(counts[k]) for k, name in enumerate(v.VERDICTS)},
+            }
+            for path, counts in zip(result.sources, result.source_counts, strict=True)
+        ],
+        "bundle": {
+            "path": choice.path,
+            "origin": choice.origin,
+            "encoding_version": info.encoding_version,
+            "tool_version": info.tool_version,
+            "created": info.created,
+            "content_digest": info.digest_stored,
+            "normalization": limits.normalization,
+            "length_unit": limits.length_unit,
+            "coverage": limits.coverage,
+            "tolerance_method": str(stats.get("tolerance_method", "")),
+            "heldout_groups": len(_jsonable(stats.get("heldout_groups", [])) or []),
+            "heldout_false_flag_rate_mean": _jsonable(stats.get("heldout_false_flag_rate_mean")),
+            "heldout_false_flag_rate_max": _jsonable(stats.get("heldout_false_flag_rate_max")),
+        },
+        "accuracy": None,
+    }
+    acc = result.accuracy
+    if acc is not None:
+        unit = result.accuracy_unit
+        accuracy: dict[str, Any] = {
+            "unit": unit,
+            "poses": acc.poses,
+            "skipped": acc.skipped,
+            f"mpjpe_root_aligned_{unit}": acc.mpjpe_root,
+            f"mpjpe_procrustes_{unit}": acc.mpjpe_procrustes,
+        }
+        for name, aucs in (("root_aligned", acc.auc_root), ("procrustes", acc.auc_procrustes)):
+            for (lo, hi), value in aucs.items():
+                accuracy[f"pck_auc_{lo:g}_{hi:g}_{name}"] = value
+        accuracy["by_verdict"] = {
+            name: {
+                "poses": acc.by_group[k]["poses"],
+                f"mpjpe_root_aligned_{unit}": acc.by_group[k]["mpjpe_root"],
+                f"mpjpe_procrustes_{unit}": acc.by_group[k]["mpjpe_procrustes"],
+            }
+            for k, name in enumerate(v.VERDICTS)
+        }
+        summary["accuracy"] = accuracy
+    return _jsonable(summary)

@@ -115,3 +115,20 @@ def _relative(values: np.ndarray, interval: Interval) -> np.ndarray:
 
 def _absolute(values: np.ndarray, interval: Interval) -> np.ndarray:
     return interval_violation(values, interval.min, interval.max)
+
+
+def nearest_on_polygon(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """Nearest boundary point ``(M, 2)`` of a ``(V, 2)`` polygon to each of ``(M, 2)`` points.
+
+    For a point outside the polygon, ``point − nearest`` is the direction in which it left
+    the region and its length equals the :func:`joint_angle_violation` magnitude. Vectorised
+    over points and edges (``M × V`` temporaries: meant for a few points, e.g. explanations).
+    """
+    p = np.asarray(points, dtype=np.float64)[:, None, :]  # (M, 1, 2)
+    a = np.asarray(vertices, dtype=np.float64)[None]  # (1, V, 2)
+    edge = np.roll(a, -1, axis=1) - a
+    length_sq = np.maximum(np.sum(edge * edge, axis=-1), np.finfo(np.float64).tiny)
+    t = np.clip(np.sum((p - a) * edge, axis=-1) / length_sq, 0.0, 1.0)  # (M, V)
+    foot = a + t[..., None] * edge  # (M, V, 2)
+    best = np.argmin(np.sum((p - foot) ** 2, axis=-1), axis=1)
+    return foot[np.arange(foot.shape[0]), best]
