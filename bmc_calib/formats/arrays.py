@@ -22,7 +22,6 @@ from bmc_calib.formats.base import (
     SourceStats,
     incomplete_skeleton,
     make_chunk,
-    source_unit,
 )
 
 #: Array names tried, in order, when a ``.npz`` holds several arrays and no ``--key`` is given.
@@ -123,13 +122,12 @@ class NpyReader(Reader):
             raise BadInputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
         layout = skeleton.get_layout(options.layout or self.layout)
         is_left = options.hand == "left"
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: _stream(path, arr, layout, is_left, options, stats),
             frames=int(arr.shape[0]),
-            read_chunks=lambda stats: _stream(path, arr, layout, is_left, options, stats),
         )
 
 
@@ -167,13 +165,12 @@ class NpzReader(Reader):
                     f"{path}: is_left has {left.shape[0]} entries for {arr.shape[0]} poses"
                 )
         layout = skeleton.get_layout(options.layout or self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: _stream(path, arr, layout, left, options, stats),
             frames=int(arr.shape[0]),
-            read_chunks=lambda stats: _stream(path, arr, layout, left, options, stats),
         )
 
     @staticmethod

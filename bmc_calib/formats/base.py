@@ -151,6 +151,27 @@ class Reader:
     hand_option: bool = True
     key_option: bool = False
 
+    def source(
+        self,
+        path: str,
+        options: ReadOptions,
+        layout: skeleton.Layout,
+        read_chunks: Callable[[SourceStats], Iterator[Chunk]],
+        *,
+        frames: int | None = None,
+        files: list[str] | None = None,
+    ) -> Source:
+        """The :class:`Source` this reader makes of ``path`` (unit: ``--unit`` or the format's)."""
+        return Source(
+            path=path,
+            format=self.name,
+            unit=source_unit(self, options),
+            layout=layout.name,
+            frames=frames,
+            read_chunks=read_chunks,
+            files=files,
+        )
+
     def detect(self, path: str) -> int:
         """How sure this reader is that it can read ``path``: 0 = no, higher = surer."""
         if os.path.isdir(path):

@@ -34,7 +34,6 @@ from bmc_calib.formats.base import (
     Source,
     SourceStats,
     make_chunk,
-    source_unit,
 )
 from bmc_calib.formats.generic import check_nonempty
 
@@ -100,13 +99,12 @@ class DexYcbReader(Reader):
             seq_dir = os.path.dirname(meta) if meta else folder
             sides[folder] = (meta, os.path.basename(os.path.dirname(seq_dir)))
         meta_files = sorted({m for m, _ in sides.values() if m})
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(files, sides, layout, options, stats),
             frames=len(files),
-            read_chunks=lambda stats: self._chunks(files, sides, layout, options, stats),
             files=[*files, *meta_files] if os.path.isdir(path) else None,
         )
 

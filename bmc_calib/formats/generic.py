@@ -43,7 +43,6 @@ from bmc_calib.formats.base import (
     SourceStats,
     incomplete_skeleton,
     make_chunk,
-    source_unit,
 )
 
 #: Keys tried, in order, for the joints of a JSON object or record.
@@ -155,13 +154,11 @@ class JsonReader(Reader):
     def open(self, path: str, options: ReadOptions) -> Source:
         check_nonempty(path)
         layout = skeleton.get_layout(options.layout or self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self._chunks(path, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(path, layout, options, stats),
         )
 
     def _chunks(
@@ -337,13 +334,11 @@ class CsvReader(Reader):
     def open(self, path: str, options: ReadOptions) -> Source:
         check_nonempty(path)
         layout = skeleton.get_layout(options.layout or self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self._chunks(path, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(path, layout, options, stats),
         )
 
     def _chunks(
@@ -461,15 +456,14 @@ class H5Reader(Reader):
         except _io.ARCHIVE_ERRORS as exc:
             raise BadInputError(f"{path}: not a readable HDF5 file ({_io.short(exc)})") from None
         layout = skeleton.get_layout(options.layout or self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=int(shape[0]),
-            read_chunks=lambda stats: self._chunks(
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(
                 path, name, left_name if has_left else None, layout, options, stats
             ),
+            frames=int(shape[0]),
         )
 
     @staticmethod

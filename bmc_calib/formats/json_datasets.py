@@ -42,7 +42,6 @@ from bmc_calib.formats.base import (
     Source,
     SourceStats,
     make_chunk,
-    source_unit,
 )
 from bmc_calib.formats.generic import check_nonempty, pose_array
 
@@ -56,13 +55,11 @@ class _JsonDataset(Reader):
             raise BadInputError(f"{path}: format {self.name} reads files, not folders")
         check_nonempty(path)
         layout = skeleton.get_layout(self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self.chunks(path, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self.chunks(path, layout, options, stats),
         )
 
     def chunks(

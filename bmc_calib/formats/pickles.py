@@ -39,7 +39,6 @@ from bmc_calib.formats.base import (
     Source,
     SourceStats,
     make_chunk,
-    source_unit,
 )
 from bmc_calib.formats.generic import check_nonempty
 
@@ -77,13 +76,11 @@ class RhdReader(Reader):
             raise BadInputError(f"{path}: format rhd reads anno_*.pickle files, not folders")
         check_nonempty(path)
         layout = skeleton.get_layout(self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self._chunks(path, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(path, layout, options, stats),
         )
 
     @staticmethod
@@ -169,13 +166,11 @@ class Ho3dReader(Reader):
         else:
             files = [path]
         layout = skeleton.get_layout(self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self._chunks(files, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(files, layout, options, stats),
             files=files if os.path.isdir(path) else None,
         )
 

@@ -42,7 +42,6 @@ from bmc_calib.formats.base import (
     Source,
     SourceStats,
     make_chunk,
-    source_unit,
 )
 from bmc_calib.formats.generic import check_nonempty
 
@@ -154,13 +153,11 @@ class StbReader(Reader):
             check_nonempty(path)
             files = [path]
         layout = skeleton.get_layout(self.layout)
-        return Source(
-            path=path,
-            format=self.name,
-            unit=source_unit(self, options),
-            layout=layout.name,
-            frames=None,
-            read_chunks=lambda stats: self._chunks(files, layout, options, stats),
+        return self.source(
+            path,
+            options,
+            layout,
+            lambda stats: self._chunks(files, layout, options, stats),
             files=files if os.path.isdir(path) else None,
         )
 

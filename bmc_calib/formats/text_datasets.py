@@ -41,7 +41,6 @@ from bmc_calib.formats.base import (
     SourceStats,
     incomplete_skeleton,
     make_chunk,
-    source_unit,
 )
 from bmc_calib.formats.generic import check_nonempty
 
@@ -53,14 +52,11 @@ def _files_source(
     options: ReadOptions,
     read_chunks: object,
 ) -> Source:
-    layout = skeleton.get_layout(reader.layout)
-    return Source(
-        path=path,
-        format=reader.name,
-        unit=source_unit(reader, options),
-        layout=layout.name,
-        frames=None,
-        read_chunks=read_chunks,  # type: ignore[arg-type]
+    return reader.source(
+        path,
+        options,
+        skeleton.get_layout(reader.layout),
+        read_chunks,  # type: ignore[arg-type]
         files=files if os.path.isdir(path) else None,
     )
 
