@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -61,6 +61,17 @@ def _files_source(
     )
 
 
+def _annotation_files(path: str, keep: Callable[[str], bool], what: str) -> list[str]:
+    """``[path]`` for a (non-empty) file; for a folder, every file below it that ``keep``s."""
+    if not os.path.isdir(path):
+        check_nonempty(path)
+        return [path]
+    files = [f for f in _io.walk_files(path) if keep(f)]
+    if not files:
+        raise BadInputError(f"{path}: no {what} below this folder")
+    return files
+
+
 # --------------------------------------------------------------------------- GANerated
 _GAN_SUFFIX = "_joint_pos_global.txt"
 
@@ -84,13 +95,7 @@ class GaneratedReader(Reader):
         return SCORE_NAME if path.endswith(_GAN_SUFFIX) and os.path.isfile(path) else 0
 
     def open(self, path: str, options: ReadOptions) -> Source:
-        if os.path.isdir(path):
-            files = [f for f in _io.walk_files(path) if f.endswith(_GAN_SUFFIX)]
-            if not files:
-                raise BadInputError(f"{path}: no *{_GAN_SUFFIX} files below this folder")
-        else:
-            check_nonempty(path)
-            files = [path]
+        files = _annotation_files(path, lambda f: f.endswith(_GAN_SUFFIX), f"*{_GAN_SUFFIX} files")
         layout = skeleton.get_layout(self.layout)
         return _files_source(
             self, path, files, options, lambda stats: self._chunks(files, layout, options, stats)
@@ -165,13 +170,9 @@ class FphaReader(Reader):
         return 0
 
     def open(self, path: str, options: ReadOptions) -> Source:
-        if os.path.isdir(path):
-            files = [f for f in _io.walk_files(path) if os.path.basename(f) == "skeleton.txt"]
-            if not files:
-                raise BadInputError(f"{path}: no F-PHAB skeleton.txt files below this folder")
-        else:
-            check_nonempty(path)
-            files = [path]
+        files = _annotation_files(
+            path, lambda f: os.path.basename(f) == "skeleton.txt", "F-PHAB skeleton.txt files"
+        )
         layout = skeleton.get_layout(self.layout)
         return _files_source(
             self, path, files, options, lambda stats: self._chunks(files, layout, options, stats)
