@@ -248,19 +248,25 @@ def test_signed_zero_angles_follow_the_strict_rule():
     assert all(torch.isfinite(t.grad).all() for t in inputs)
 
 
+def _hull_test_points(hulls: list[np.ndarray]) -> np.ndarray:
+    """``(15, M, 2)`` points around each hull: inside, edge and vertex regions, vertices and
+    edge midpoints."""
+    rng = np.random.default_rng(RNG_SEED)
+    points = []
+    for hull in hulls:
+        lo, hi = hull.min(axis=0) - 0.5, hull.max(axis=0) + 0.5
+        cloud = rng.uniform(lo, hi, (400, 2))
+        points.append(np.concatenate([cloud, hull, 0.5 * (hull + np.roll(hull, -1, axis=0))]))
+    size = min(len(p) for p in points)
+    return np.stack([p[:size] for p in points])
+
+
 def test_hull_distance_matches_hulls_module(limits):
     from bmc_calib.torch import _edge_rows, _hull_distance, _hull_tables
 
     hulls = limits.joint_angle.hulls
     tables = _hull_tables(hulls)
-    rng = np.random.default_rng(RNG_SEED)
-    points = []
-    for hull in hulls:  # around each hull: inside, edge regions, vertex regions, vertices
-        lo, hi = hull.min(axis=0) - 0.5, hull.max(axis=0) + 0.5
-        cloud = rng.uniform(lo, hi, (400, 2))
-        points.append(np.concatenate([cloud, hull, 0.5 * (hull + np.roll(hull, -1, axis=0))]))
-    size = min(len(p) for p in points)
-    pts = np.stack([p[:size] for p in points])  # (15, M, 2)
+    pts = _hull_test_points(hulls)
     got = _hull_distance(
         torch.as_tensor(pts[..., 0]),
         torch.as_tensor(pts[..., 1]),
@@ -270,6 +276,54 @@ def test_hull_distance_matches_hulls_module(limits):
     want = np.stack([distance_to_polygon(pts[a], hulls[a]) for a in range(len(hulls))])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     assert (want > 0).mean() > 0.3 and (want == 0).mean() > 0.1
+
+
+def test_compiled_nearest_edge_scan_equals_eager_form(limits):
+    """The unrolled running minimum that compiled code uses (run eagerly here) gives the
+    eager form's distance, inside flag and nearest-boundary direction, which points from the
+    nearest boundary point to the point (checked against the distance by a finite step)."""
+    from bmc_calib.torch import (
+        _edge_rows,
+        _hull_tables,
+        _nearest_edges_compiled,
+        _nearest_edges_eager,
+    )
+
+    hulls = limits.joint_angle.hulls
+    tables = _hull_tables(hulls)
+    pts = torch.as_tensor(_hull_test_points(hulls))
+    args = (
+        pts[..., 0],
+        pts[..., 1],
+        torch.as_tensor(_edge_rows(tables)),
+        torch.as_tensor(tables["tolerance"])[:, None],
+    )
+    dist, dx, dy, inside = _nearest_edges_eager(*args)
+    scan_dist, scan_dx, scan_dy, scan_inside = _nearest_edges_compiled(*args)
+    assert torch.equal(scan_inside, inside)
+    torch.testing.assert_close(scan_dist, dist, rtol=0, atol=1e-12)
+    outside = ~inside
+    torch.testing.assert_close(scan_dx[outside], dx[outside], rtol=0, atol=1e-12)
+    torch.testing.assert_close(scan_dy[outside], dy[outside], rtol=0, atol=1e-12)
+    # (dx, dy) = point − nearest boundary point, so its length is the distance
+    torch.testing.assert_close(torch.hypot(scan_dx, scan_dy)[outside], dist[outside])
+    assert outside.float().mean() > 0.3
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_pose_layout_transposition_and_its_gradient(n):
+    """The blocked ``(N, 21, 3) <-> (3, 21, N)`` copies, for batches that are and are not a
+    multiple of the 64-pose block; the gradient comes back contiguous in the input's layout."""
+    from bmc_calib.torch import _pose_last_op, _PoseLast
+
+    joints = torch.randn(n, 21, 3, dtype=torch.float64)
+    grad = torch.randn(3, 21, n, dtype=torch.float64)
+    for transpose in (_PoseLast.apply, _pose_last_op):
+        leaf = joints.clone().requires_grad_(True)
+        out = transpose(leaf)
+        assert torch.equal(out, joints.permute(2, 1, 0)) and out.is_contiguous()
+        out.backward(grad)
+        assert torch.equal(leaf.grad, grad.permute(2, 1, 0)) and leaf.grad.is_contiguous()
 
 
 # --------------------------------------------------------------------------- loss semantics
