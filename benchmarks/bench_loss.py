@@ -18,15 +18,19 @@ Passes, per device, mode and batch size:
 Modes: ``eager``; ``compiled`` (``torch.compile(loss)``, inductor, default mode; the compile
 time is printed); on CUDA with ``--cuda-graphs`` also ``graphs`` (``mode="reduce-overhead"``,
 CUDA graphs). Each timing: ``--warmup`` calls, then ``--repeat`` calls timed one by one;
-reported are the median and the minimum in ms per call, and poses/s at the median. On CUDA
-the clock is read after ``torch.cuda.synchronize()``.
+reported are the median, the minimum and the 90th percentile in ms per call, and poses/s at
+the median. On CUDA the clock is read after ``torch.cuda.synchronize()``.
 
-CPU memory allocator: at batch 4096 every call allocates some 10 MB of temporaries. On a
-machine where glibc hands that memory back to the kernel after each call (its default trim
-threshold), every call pays page faults again; on the 2-core VM this was measured on, that is
-1–3 ms of a 4–5 ms call. PyTorch's CPU tuning guide recommends jemalloc/tcmalloc for this;
-the same effect with glibc: ``MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_MMAP_THRESHOLD_=
-4294967296``. The header prints which settings were in effect.
+CPU memory allocator: at batch 4096 a compiled fwd+bwd call allocates about 8 MB of
+temporaries (eager: more). glibc's thresholds adapt: once a process has freed an allocation
+of up to 32 MB (any training loop does, e.g. a batch of activations), it keeps up to twice that
+much freed memory instead of handing it back to the kernel. A fresh benchmark process has not
+done so yet, so it returns the loss's temporaries after every call and pays the page faults
+again on the next one (on the 2-core VM this was measured on: 0.3–2 ms of a 4–5 ms call, and
+most of the spread between runs). ``--steady-allocator`` first allocates and frees one 30 MB
+tensor, the state of a training process; fixed settings do the same
+(``MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_MMAP_THRESHOLD_=4294967296``, or jemalloc /
+tcmalloc as PyTorch's CPU tuning guide recommends). The header prints which was in effect.
 """
 
 from __future__ import annotations
@@ -90,7 +94,11 @@ def header(args: argparse.Namespace, loss: BMCLoss) -> None:
             cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
     except (OSError, StopIteration):
         pass
-    malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
+    malloc: object = {
+        k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"
+    }
+    if args.steady_allocator:
+        malloc = f"{malloc or 'glibc defaults'}, steady state (a 30 MB tensor freed first)"
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, CPU {cpu}, "
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}")  # fmt: skip
     if torch.cuda.is_available():
@@ -100,7 +108,7 @@ def header(args: argparse.Namespace, loss: BMCLoss) -> None:
           f"V = {loss.hull_vertices.shape[1]} (padded)")  # fmt: skip
     print(f"float32, warm-up {args.warmup}, {args.repeat} timed calls each; ms per call\n")
     print(f"{'device':6s} {'mode':9s} {'batch':>6s} {'pass':8s} {'median':>8s} {'min':>8s} "
-          f"{'poses/s':>12s}")  # fmt: skip
+          f"{'p90':>8s} {'poses/s':>12s}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,11 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--devices", nargs="+", default=default_devices, choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--steady-allocator", action="store_true",
+                        help="free a 30 MB tensor first, as a training process has")  # fmt: skip
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="on CUDA also time torch.compile(mode='reduce-overhead')")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.steady_allocator:  # glibc raises its mmap/trim thresholds to the size freed
+        ballast = torch.ones(30 * 2**20 // 4)
+        del ballast
 
     with default_bundle.packaged_path() as path:
         base = BMCLoss.from_bundle(path)
@@ -149,9 +162,10 @@ def main(argv: list[str] | None = None) -> None:
                 for name, call in calls.items():
                     times = timed(call, device, args.warmup, args.repeat)
                     median, best = statistics.median(times), min(times)
+                    p90 = statistics.quantiles(times, n=10)[-1] if len(times) > 1 else best
                     results[(device, mode, batch, name)] = median
                     print(f"{device:6s} {mode:9s} {batch:6d} {name:8s} {median:8.2f} {best:8.2f} "
-                          f"{batch / median * 1e3:12,.0f}", flush=True)  # fmt: skip
+                          f"{p90:8.2f} {batch / median * 1e3:12,.0f}", flush=True)  # fmt: skip
 
     print(f"\nbudget: fwd+bwd at batch {BUDGET_BATCH}")
     for (device, mode, batch, name), median in results.items():
