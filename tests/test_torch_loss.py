@@ -568,6 +568,66 @@ def test_degenerate_pose_value_and_gradient_match_numpy_flags(limits):
     np.testing.assert_array_equal(reference(poses, limits).degenerate, expected)
 
 
+# ------------------------------------------------------------------ devices, synchronisation
+#: ATen ops that read a tensor's value on the host (a device synchronisation on CUDA) or give
+#: data-dependent shapes: `.item()`, `bool(tensor)`, `nonzero`, boolean masks.
+_SYNCING_OPS = {
+    "aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal",
+    "aten.nonzero", "aten.nonzero_static", "aten.masked_select", "aten.unique",
+    "aten._unique2", "aten.allclose",
+}  # fmt: skip
+
+
+class _RecordOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every ATen op that runs (forward and backward) and the dtype of index tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+        self.bool_indexing = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        self.ops.add(name)
+        if name in ("aten.index", "aten.index_put", "aten.index_put_"):
+            indices = args[1] if len(args) > 1 else ()
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+                self.bool_indexing = True
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_forward_and_backward_never_read_values_on_the_host(limits, reduction):
+    """DESIGN §9 "no host synchronisation": no op that makes CUDA wait for a value (this
+    runs on CPU, where the same ops are recorded), on noisy, degenerate and left poses."""
+    module = BMCLoss(limits, reduction=reduction, use_tolerance=True)
+    poses = torch.as_tensor(_compile_batch()).requires_grad_(True)
+    is_left = torch.arange(len(poses)) % 2 == 0
+    recorder = _RecordOps()
+    with recorder:
+        total, _ = module(poses, is_left=is_left)
+        total.sum().backward()
+    assert not recorder.ops & _SYNCING_OPS, recorder.ops & _SYNCING_OPS
+    assert not recorder.bool_indexing
+    assert "aten.atan2" in recorder.ops  # the recorder saw the forward
+    assert poses.grad is not None and torch.isfinite(poses.grad).all()
+
+
+def test_runs_on_any_device_meta_stand_in(limits):
+    """Forward and backward on the ``meta`` device, a stand-in for CUDA on a CPU-only machine:
+    every tensor ``forward`` creates must follow the input's device (a CPU tensor mixed in
+    would raise here). The module's buffers follow ``.to(device)``."""
+    module = BMCLoss(limits).to("meta")
+    assert all(b.device.type == "meta" for b in module.buffers())
+    poses = torch.empty(5, 21, 3, device="meta", requires_grad=True)
+    is_left = torch.zeros(5, dtype=torch.bool, device="meta")
+    total, terms = module(poses, is_left=is_left)
+    total.backward()
+    assert total.device.type == "meta" and poses.grad.device.type == "meta"
+    assert all(t.device.type == "meta" for t in terms.values())
+    assert compute_features(poses.detach()).flexion_abduction.device.type == "meta"
+
+
 # --------------------------------------------------------------------------- compile, imports
 def _compile_batch() -> np.ndarray:
     """Noisy poses (every term active) plus special ones: degenerate, straight, folded back."""
