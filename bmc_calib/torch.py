@@ -139,44 +139,39 @@ def _template_hand() -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- features
-_TRANSPOSE_BLOCK = 64  # poses per cache-resident block of the layout transpositions
-
-
-def _transpose_blocks(x: torch.Tensor, to_pose_last: bool) -> torch.Tensor:
-    """Layout change of the first ``N − N mod 64`` poses, in cache-sized blocks.
-
-    ``(N, 21, 3) -> (3, 21, N)`` when ``to_pose_last``, else back; contiguous. Two passes
-    (a small transposition inside each 64-pose block, then whole 64-value rows moved) read and
-    write memory in order, which is 1.5–2.5× faster than one strided copy.
-    """
-    blocks = (x.shape[0] if to_pose_last else x.shape[-1]) // _TRANSPOSE_BLOCK
-    n, rows = blocks * _TRANSPOSE_BLOCK, skeleton.NUM_JOINTS * 3
-    if to_pose_last:
-        per_block = x[:n].reshape(blocks, _TRANSPOSE_BLOCK, skeleton.NUM_JOINTS, 3)
-        per_block = per_block.permute(0, 3, 2, 1).contiguous()  # (blocks, 3, 21, 64)
-        pose_last = per_block.view(blocks, rows, _TRANSPOSE_BLOCK).transpose(0, 1).contiguous()
-        return pose_last.view(3, skeleton.NUM_JOINTS, n)
-    rows_first = x[..., :n].reshape(rows, blocks, _TRANSPOSE_BLOCK).transpose(0, 1).contiguous()
-    per_block = rows_first.view(blocks, 3, skeleton.NUM_JOINTS, _TRANSPOSE_BLOCK)
-    return per_block.permute(0, 3, 2, 1).reshape(n, skeleton.NUM_JOINTS, 3)
+#: Poses per block of the layout copies: a block's 64 × 63 values stay in the CPU cache.
+_BLOCK = 64
+_ROWS = 3 * skeleton.NUM_JOINTS
 
 
 def _to_pose_last(joints: torch.Tensor) -> torch.Tensor:
-    """``(N, 21, 3) -> (3, 21, N)`` contiguous copy."""
-    n = _TRANSPOSE_BLOCK * (joints.shape[0] // _TRANSPOSE_BLOCK)
+    """``(N, 21, 3) -> (3, 21, N)`` contiguous copy.
+
+    Two in-order passes (transpose inside each 64-pose block, then move whole 64-value rows)
+    instead of one strided copy: 1.3× faster, and about 2.5× for the inverse
+    (:func:`_to_pose_first`). The last ``N mod 64`` poses are copied directly.
+    """
+    blocks = joints.shape[0] // _BLOCK
+    n = blocks * _BLOCK
+    per_block = joints[:n].reshape(blocks, _BLOCK, skeleton.NUM_JOINTS, 3)
+    per_block = per_block.permute(0, 3, 2, 1).contiguous()  # (blocks, 3, 21, 64)
+    rows_last = per_block.view(blocks, _ROWS, _BLOCK).transpose(0, 1).contiguous()
+    out = rows_last.view(3, skeleton.NUM_JOINTS, n)
     if n == joints.shape[0]:
-        return _transpose_blocks(joints, to_pose_last=True)
-    tail = joints[n:].permute(2, 1, 0)
-    return torch.cat((_transpose_blocks(joints, to_pose_last=True), tail), dim=-1)
+        return out
+    return torch.cat((out, joints[n:].permute(2, 1, 0)), dim=-1)
 
 
 def _to_pose_first(grad: torch.Tensor) -> torch.Tensor:
-    """``(3, 21, N) -> (N, 21, 3)`` contiguous copy (the inverse of :func:`_to_pose_last`)."""
-    n = _TRANSPOSE_BLOCK * (grad.shape[-1] // _TRANSPOSE_BLOCK)
+    """``(3, 21, N) -> (N, 21, 3)`` contiguous copy, the inverse of :func:`_to_pose_last`."""
+    blocks = grad.shape[-1] // _BLOCK
+    n = blocks * _BLOCK
+    rows_first = grad[..., :n].reshape(_ROWS, blocks, _BLOCK).transpose(0, 1).contiguous()
+    per_block = rows_first.view(blocks, 3, skeleton.NUM_JOINTS, _BLOCK)
+    out = per_block.permute(0, 3, 2, 1).reshape(n, skeleton.NUM_JOINTS, 3)
     if n == grad.shape[-1]:
-        return _transpose_blocks(grad, to_pose_last=False)
-    tail = grad[..., n:].permute(2, 1, 0)
-    return torch.cat((_transpose_blocks(grad, to_pose_last=False), tail), dim=0)
+        return out
+    return torch.cat((out, grad[..., n:].permute(2, 1, 0)), dim=0)
 
 
 class _PoseLast(torch.autograd.Function):
