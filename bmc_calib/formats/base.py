@@ -172,6 +172,20 @@ class Reader:
             files=files,
         )
 
+    def file_source(
+        self,
+        path: str,
+        options: ReadOptions,
+        read_file: Callable[[str, skeleton.Layout, ReadOptions, SourceStats], Iterator[Chunk]],
+    ) -> Source:
+        """The :class:`Source` of one non-empty file, read by
+        ``read_file(path, layout, options, stats)`` in ``--layout`` or the format's layout."""
+        check_nonempty(path)
+        layout = skeleton.get_layout(options.layout or self.layout)
+        return self.source(
+            path, options, layout, lambda stats: read_file(path, layout, options, stats)
+        )
+
     def detect(self, path: str) -> int:
         """How sure this reader is that it can read ``path``: 0 = no, higher = surer."""
         if os.path.isdir(path):
@@ -396,6 +410,16 @@ def incomplete_skeleton(path: str, joints: int) -> BadInputError | None:
         f"{path}: {what}; bones and joint angles need all 21 joints (wrist + 4 per finger), "
         "so this data cannot be used by fit or features"
     )
+
+
+def check_nonempty(path: str) -> None:
+    """Refuse a path that cannot be read or is an empty file (:class:`BadInputError`)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise BadInputError(f"{path}: empty file")
 
 
 def source_unit(reader: Reader, options: ReadOptions) -> str:

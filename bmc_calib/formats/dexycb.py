@@ -33,9 +33,9 @@ from bmc_calib.formats.base import (
     ReadOptions,
     Source,
     SourceStats,
+    check_nonempty,
     make_chunk,
 )
-from bmc_calib.formats.generic import check_nonempty
 
 _LABELS = re.compile(r"^labels_\d+\.npz$")
 

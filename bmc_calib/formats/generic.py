@@ -41,6 +41,7 @@ from bmc_calib.formats.base import (
     ReadOptions,
     Source,
     SourceStats,
+    check_nonempty,
     incomplete_skeleton,
     make_chunk,
 )
@@ -152,14 +153,7 @@ class JsonReader(Reader):
     key_option = True
 
     def open(self, path: str, options: ReadOptions) -> Source:
-        check_nonempty(path)
-        layout = skeleton.get_layout(options.layout or self.layout)
-        return self.source(
-            path,
-            options,
-            layout,
-            lambda stats: self._chunks(path, layout, options, stats),
-        )
+        return self.file_source(path, options, self._chunks)
 
     def _chunks(
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats
@@ -286,15 +280,6 @@ def _emit(
     return [] if chunk is None else [chunk]
 
 
-def check_nonempty(path: str) -> None:
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise BadInputError(f"{path}: empty file")
-
-
 # --------------------------------------------------------------------------- CSV / TXT
 _SPLIT = re.compile(r"[,;\s]+")
 
@@ -332,14 +317,7 @@ class CsvReader(Reader):
         return SCORE_SUFFIX if numeric else 0
 
     def open(self, path: str, options: ReadOptions) -> Source:
-        check_nonempty(path)
-        layout = skeleton.get_layout(options.layout or self.layout)
-        return self.source(
-            path,
-            options,
-            layout,
-            lambda stats: self._chunks(path, layout, options, stats),
-        )
+        return self.file_source(path, options, self._chunks)
 
     def _chunks(
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats

@@ -43,7 +43,7 @@ from bmc_calib.formats.base import (
     SourceStats,
     make_chunk,
 )
-from bmc_calib.formats.generic import check_nonempty, pose_array
+from bmc_calib.formats.generic import pose_array
 
 
 class _JsonDataset(Reader):
@@ -53,14 +53,7 @@ class _JsonDataset(Reader):
     def open(self, path: str, options: ReadOptions) -> Source:
         if os.path.isdir(path):
             raise BadInputError(f"{path}: format {self.name} reads files, not folders")
-        check_nonempty(path)
-        layout = skeleton.get_layout(self.layout)
-        return self.source(
-            path,
-            options,
-            layout,
-            lambda stats: self.chunks(path, layout, options, stats),
-        )
+        return self.file_source(path, options, self.chunks)
 
     def chunks(
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats

@@ -40,7 +40,6 @@ from bmc_calib.formats.base import (
     SourceStats,
     make_chunk,
 )
-from bmc_calib.formats.generic import check_nonempty
 
 _PICKLE_SUFFIXES = (".pickle", ".pkl")
 
@@ -74,14 +73,7 @@ class RhdReader(Reader):
     def open(self, path: str, options: ReadOptions) -> Source:
         if os.path.isdir(path):
             raise BadInputError(f"{path}: format rhd reads anno_*.pickle files, not folders")
-        check_nonempty(path)
-        layout = skeleton.get_layout(self.layout)
-        return self.source(
-            path,
-            options,
-            layout,
-            lambda stats: self._chunks(path, layout, options, stats),
-        )
+        return self.file_source(path, options, self._chunks)
 
     @staticmethod
     def _chunks(

@@ -41,9 +41,9 @@ from bmc_calib.formats.base import (
     ReadOptions,
     Source,
     SourceStats,
+    check_nonempty,
     make_chunk,
 )
-from bmc_calib.formats.generic import check_nonempty
 
 #: SK depth → colour extrinsics of the STB README: Rodrigues vector and translation (mm).
 SK_ROTVEC = np.array([0.00531, -0.01196, 0.00301])

@@ -39,10 +39,10 @@ from bmc_calib.formats.base import (
     ReadOptions,
     Source,
     SourceStats,
+    check_nonempty,
     incomplete_skeleton,
     make_chunk,
 )
-from bmc_calib.formats.generic import check_nonempty
 
 
 def _files_source(
