@@ -40,7 +40,7 @@ from bmc_calib.limits import (
 from bmc_calib.outputs import atomic_path, check_writable
 
 ENCODING_TYPE = "bmc-limits"
-ENCODING_VERSION = "1.0"  # MAJOR.MINOR
+ENCODING_VERSION = "1.1"  # MAJOR.MINOR (1.1: optional bone_length/within_person)
 SUPPORTED_MAJOR = 1
 TOOL_NAME = "bmc-calib"
 
@@ -91,7 +91,7 @@ _ROOT_ATTRS = frozenset(
 _ROOT_MEMBERS = frozenset(
     {"skeleton", "bone_length", "palm", "joint_angle", "provenance", "statistics"}
 )
-_INTERVAL_MEMBERS = frozenset({"names", "min", "max", "tolerance"})
+_INTERVAL_MEMBERS = frozenset({"names", "min", "max", "tolerance", "within_person"})
 _HULL_PREFIXES = ("", "exact_", "rdp_")
 _JOINT_ANGLE_MEMBERS = frozenset(
     {"names", "flexion_center", "coverage", "area", "tolerance", "box_min", "box_max"}
@@ -393,6 +393,10 @@ def _plan_interval(plan: _Plan, path: str, interval: Interval) -> None:
     plan.datasets[f"{path}/names"] = _strings(interval.names, f"{path}/names")
     for name in ("min", "max", "tolerance"):
         plan.datasets[f"{path}/{name}"] = _floats(getattr(interval, name), count, f"{path}/{name}")
+    if interval.within_person is not None:
+        plan.datasets[f"{path}/within_person"] = _floats(
+            interval.within_person, count, f"{path}/within_person"
+        )
 
 
 def _plan_joint_angle(plan: _Plan, regions: JointAngleLimits) -> None:
@@ -772,6 +776,9 @@ class _Reader:
             min=self.floats(group, "min", count),
             max=self.floats(group, "max", count),
             tolerance=self.floats(group, "tolerance", count),
+            within_person=(
+                self.floats(group, "within_person", count) if "within_person" in group else None
+            ),
         )
 
     def joint_angle(self) -> JointAngleLimits:

@@ -34,12 +34,13 @@ the default normalisation).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bmc_calib import __version__, hulls, skeleton
+from bmc_calib import __version__, edits, hulls, population, skeleton
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.formats import Chunk, Source
 from bmc_calib.kinematics import (
@@ -61,6 +62,13 @@ GROUP_BY: tuple[str, ...] = ("file", "none", "label")
 REJECTION_RULES: tuple[str, ...] = ("degenerate", "bone_length_outlier")
 MIN_POSES = 10
 MIN_GROUPS_FOR_TOLERANCE = 3
+DEFAULT_PERSON_CONFIDENCE = 0.99
+#: lower bone-length limits never go below this fraction of the typical length
+MIN_BONE_LENGTH = 1e-3
+#: held-out folds at most; more groups are dealt into this many folds (round robin)
+MAX_FOLDS = 20
+#: person-level families: one value per hand, prediction intervals for a new person
+PERSON_FAMILIES: tuple[str, ...] = ("bone_length", "palm_curvature", "palm_angle")
 #: frames per input used for the glitch rule's group medians (evenly spaced)
 MEDIAN_FRAMES = 20_000
 
@@ -80,6 +88,10 @@ class FitOptions:
     #: per-item quantile of held-out magnitudes taken as tolerance (None → coverage)
     tolerance_quantile: float | None = None
     keep_pipeline_hulls: bool = True
+    #: probability that all person-level items of a new person's hand fall inside
+    person_confidence: float = DEFAULT_PERSON_CONFIDENCE
+    #: the held-out edits checked per fold (see :mod:`bmc_calib.edits`)
+    check_edits: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.coverage <= 1.0:
@@ -94,6 +106,10 @@ class FitOptions:
         q = self.tolerance_quantile
         if q is not None and not 0.0 < q <= 1.0:
             raise UsageError("the tolerance quantile must be in (0, 1]")
+        if not 0.0 < self.person_confidence < 1.0:
+            raise UsageError(
+                f"--person-confidence must be in (0, 1), got {self.person_confidence}"
+            )
 
     @property
     def quantile(self) -> float:
@@ -109,6 +125,7 @@ class FitOptions:
             "rdp_epsilon": self.rdp_epsilon,
             "tolerance_max_poses": self.tolerance_max_poses,
             "tolerance_quantile": self.quantile,
+            "person_confidence": self.person_confidence,
             "tool_version": __version__,
         }
 
@@ -118,9 +135,11 @@ class Collected:
     """What the two passes keep of all frames read (see the module docstring)."""
 
     angles: np.ndarray  # (U, 15, 2) float32, used frames
+    angle_group: np.ndarray  # (U,) int32 group of each used frame
     intervals: dict[str, np.ndarray]  # family → (2, K) lower/upper quantiles over used frames
     sample: Features  # float32 features of the tolerance subsample (used frames only)
     sample_group: np.ndarray  # (S,) int32
+    sample_hand: np.ndarray  # (S,) int64 hand id (group × side), see population.hand_ids
     group_names: list[str]
     group_used: np.ndarray  # (G,) used frames per group
     records: list[SourceRecord] = field(default_factory=list)
@@ -146,13 +165,22 @@ def fit_limits(
             f"({data.rejected['degenerate']} degenerate, "
             f"{data.rejected['bone_length_outlier']} glitches); at least {MIN_POSES} are needed"
         )
-    joint = joint_angle_limits(data.angles, slice(None), opts, report, final=True)
-    limits = _assemble(data.intervals, joint, opts)
-    tol, stats = _leave_one_group_out(data, opts, report)
+    regions = group_hulls(data.angles, data.angle_group, len(data.group_names), opts, report)
+    joint = consensus_joint_limits(data.angles, data.angle_group, regions, opts)
+    everyone = np.arange(len(data.sample))
+    intervals, detail = person_level_intervals(
+        data.sample, everyone, data.sample_hand, data.sample_group, opts, data.intervals
+    )
+    limits = _assemble(intervals, joint, opts)
+    limits.bone_length.within_person = population.relative_within_spread(
+        data.sample.bone_length, data.sample_hand, opts.coverage
+    )
+    tol, stats = _leave_one_group_out(data, regions, opts, report)
     limits.bone_length.tolerance = tol["bone_length"]
     limits.palm_curvature.tolerance = tol["palm_curvature"]
     limits.palm_angle.tolerance = tol["palm_angle"]
     limits.joint_angle.tolerance = tol["joint_angle"]
+    stats.update(_person_statistics(detail))
     limits.length_unit = _length_unit(opts.normalization, data.units)
     parameters = opts.as_parameters()
     parameters.update(extra_parameters or {})
@@ -209,17 +237,25 @@ class _Angles:
         self.size = need
 
 
+def _mirrored(chunk: Chunk) -> np.ndarray:
+    """``(n,)`` int 1 where the frame was a left hand (mirrored), else 0."""
+    n = chunk.joints.shape[0]
+    return np.zeros(n, np.int32) if chunk.mirrored is None else chunk.mirrored.astype(np.int32)
+
+
 def _group_medians(
     sources: Sequence[Source], options: FitOptions, groups: _Groups, report: ProgressFn
 ) -> tuple[np.ndarray, int]:
-    """Pass 1: ``(G, 20)`` median normalised bone lengths per group, and the frame count.
+    """Pass 1: ``(2G, 20)`` median normalised bone lengths per hand, and the frame count.
 
-    Medians are taken over at most about :data:`MEDIAN_FRAMES` evenly spaced frames of each
-    input (all frames of inputs whose size is not known in advance): plenty for a rule with a
-    50 % threshold, and it keeps this pass's memory small.
+    A hand is a group's right hands (row ``2g``) or its left hands (row ``2g + 1``): the two
+    hands of one person are measured apart. Medians are taken over at most about
+    :data:`MEDIAN_FRAMES` evenly spaced frames of each input (all frames of inputs whose size
+    is not known in advance): plenty for a rule with a 50 % threshold, and it keeps this
+    pass's memory small.
     """
     lengths: list[np.ndarray] = []
-    group_ids: list[np.ndarray] = []
+    hand_ids: list[np.ndarray] = []
     total = 0
     for src in sources:
         step = max(1, (src.frames or 0) // MEDIAN_FRAMES)
@@ -228,22 +264,23 @@ def _group_medians(
             n = chunk.joints.shape[0]
             pick = np.arange((-start) % step, n, step)
             length, valid = quick_bone_lengths(chunk.joints[pick], options.normalization)
-            ids = groups.ids(src, chunk)[pick]
+            ids = population.hand_ids(groups.ids(src, chunk), _mirrored(chunk))[pick]
             lengths.append(length[valid].astype(np.float32))
-            group_ids.append(ids[valid])
+            hand_ids.append(ids[valid])
             start += n
             total += n
             report("scanning", total, None)
-    medians = np.ones((max(len(groups.names), 1), skeleton.NUM_BONES))
+    hands = 2 * max(len(groups.names), 1)
+    medians = np.ones((hands, skeleton.NUM_BONES))
     if lengths:
-        all_lengths, all_ids = np.concatenate(lengths), np.concatenate(group_ids)
+        all_lengths, all_ids = np.concatenate(lengths), np.concatenate(hand_ids)
         del lengths
         order = np.argsort(all_ids, kind="stable")
-        bounds = np.searchsorted(all_ids[order], np.arange(len(groups.names) + 1))
-        for g in range(len(groups.names)):
-            rows = order[bounds[g] : bounds[g + 1]]
+        bounds = np.searchsorted(all_ids[order], np.arange(hands + 1))
+        for h in range(hands):
+            rows = order[bounds[h] : bounds[h + 1]]
             if rows.size:
-                medians[g] = np.median(all_lengths[rows], axis=0)
+                medians[h] = np.median(all_lengths[rows], axis=0)
     return np.where(medians > 0, medians, 1.0), total
 
 
@@ -266,9 +303,11 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
         "palm_angle": QuantileTails(4, total, tail),
     }
     angles = _Angles(total)
+    angle_groups: list[np.ndarray] = []
     stride = max(1, int(np.ceil(total / max(options.tolerance_max_poses, 1))))
     sample_parts: list[Features] = []
     sample_groups: list[np.ndarray] = []
+    sample_hands: list[np.ndarray] = []
     group_used = np.zeros(len(groups.names), np.int64)
     rejected_total = dict.fromkeys(REJECTION_RULES, 0)
     records, units = [], []
@@ -281,16 +320,22 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
             feats = empty_features(n, np.float32)
             features_into(chunk.joints, feats, 0, options.normalization)
             ids = groups.ids(src, chunk)
+            hand = population.hand_ids(ids, _mirrored(chunk))
+            if hand.size and hand.max() >= medians.shape[0]:  # a group first seen in pass 2
+                grown = np.ones((2 * (int(hand.max()) // 2 + 1), medians.shape[1]))
+                grown[: medians.shape[0]] = medians
+                medians = grown
             degenerate = feats.degenerate
             glitch = np.zeros(n, bool)
             if options.reject_glitches:
-                glitch = _glitches(feats.bone_length, medians[ids], options.glitch_max_deviation)
+                glitch = _glitches(feats.bone_length, medians[hand], options.glitch_max_deviation)
                 glitch &= ~degenerate
             used = ~degenerate & ~glitch
             counts["degenerate"] += int(degenerate.sum())
             counts["bone_length_outlier"] += int(glitch.sum())
             used_here += int(used.sum())
             angles.append(feats.flexion_abduction[used])
+            angle_groups.append(ids[used])
             for name, keeper in tails.items():
                 keeper.add(getattr(feats, name)[used])
             group_used += np.bincount(ids[used], minlength=len(group_used))
@@ -299,6 +344,7 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
                 Features(**{f: getattr(feats, f)[pick] for f in Features.__dataclass_fields__})
             )
             sample_groups.append(ids[pick])
+            sample_hands.append(hand[pick])
             done += n
             report("reading", done, total)
         stats = src.stats
@@ -325,9 +371,11 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
     )
     return Collected(
         angles=used_angles,
+        angle_group=_joined(angle_groups, np.int32),
         intervals=intervals,
         sample=concatenate(sample_parts),
-        sample_group=np.concatenate(sample_groups) if sample_groups else np.empty(0, np.int32),
+        sample_group=_joined(sample_groups, np.int32),
+        sample_hand=_joined(sample_hands, np.int64),
         group_names=groups.names,
         group_used=group_used,
         records=records,
@@ -337,8 +385,12 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
     )
 
 
+def _joined(parts: list[np.ndarray], dtype: type[np.integer]) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
+
+
 # --------------------------------------------------------------------------- limits
-def _quantile_columns(values: np.ndarray, rows: np.ndarray, coverage: float) -> np.ndarray:
+def _quantile_columns(values: np.ndarray, rows: np.ndarray | slice, coverage: float) -> np.ndarray:
     """``(2, K)`` lower/upper quantile (min/max at coverage 1) of each column over ``rows``."""
     tail = (1.0 - coverage) / 2.0
     out = np.empty((2, values.shape[1]))
@@ -361,8 +413,8 @@ def joint_angle_limits(
 ) -> JointAngleLimits:
     """Per angle id: flexion centre, unwrapped hull pipeline and quantile box over ``rows``.
 
-    ``angles`` ``(N, 15, 2)`` radians (float32 or float64). ``final`` keeps the exact and RDP
-    hulls (when ``options.keep_pipeline_hulls``) and reports progress.
+    ``angles`` ``(N, 15, 2)`` radians (float32 or float64). One pool of points, no groups:
+    :func:`consensus_joint_limits` builds the regions a fit stores.
     """
     c = options.coverage
     centers = np.empty(skeleton.NUM_ANGLES)
@@ -392,6 +444,95 @@ def joint_angle_limits(
     )
 
 
+@dataclass
+class GroupHulls:
+    """Each group's own trimmed hull per angle id, and what the consensus needs.
+
+    ``hulls[a][g]`` is group ``g``'s ``(V, 2)`` polygon of angle id ``a`` (None for a group
+    without points); ``centers`` ``(15,)`` the shared flexion centres.
+    """
+
+    centers: np.ndarray
+    hulls: list[list[np.ndarray | None]]
+
+    def region(self, a: int, groups: np.ndarray) -> np.ndarray:
+        """The consensus region of angle id ``a`` over the groups listed in ``groups``."""
+        members = [self.hulls[a][g] for g in groups if self.hulls[a][g] is not None]
+        return population.consensus_region(members)
+
+
+def group_hulls(
+    angles: np.ndarray, group: np.ndarray, n_groups: int, options: FitOptions,
+    report: ProgressFn | None = None,
+) -> GroupHulls:  # fmt: skip
+    """Per angle id a shared flexion centre, then each group's hull at coverage ``c``."""
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
+    centers = np.empty(skeleton.NUM_ANGLES)
+    out: list[list[np.ndarray | None]] = []
+    for a in range(skeleton.NUM_ANGLES):
+        flexion = np.asarray(angles[:, a, 0], dtype=np.float64)
+        centers[a] = hulls.flexion_center(flexion)
+        per_group: list[np.ndarray | None] = []
+        for g in range(n_groups):
+            rows = order[bounds[g] : bounds[g + 1]]
+            if rows.size == 0:
+                per_group.append(None)
+                continue
+            pts = np.asarray(angles[rows, a], dtype=np.float64)
+            pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], centers[a])
+            per_group.append(population.group_hull(pts, options.coverage, options.rdp_epsilon))
+        out.append(per_group)
+        if report is not None:
+            report("hulls", a + 1, skeleton.NUM_ANGLES)
+    return GroupHulls(centers, out)
+
+
+def consensus_joint_limits(
+    angles: np.ndarray, group: np.ndarray, per_group: GroupHulls, options: FitOptions
+) -> JointAngleLimits:
+    """The stored joint-angle regions: the consensus of all groups' hulls (docs/method.md).
+
+    The exact and RDP hulls kept for plotting are those of all points pooled; ``coverage``
+    is the fraction of all used points inside the consensus region, ``box`` the pooled
+    coverage quantile box.
+    """
+    present = np.unique(group)
+    c = options.coverage
+    regions, coverage, area = [], np.empty(skeleton.NUM_ANGLES), np.empty(skeleton.NUM_ANGLES)
+    box = np.empty((2, skeleton.NUM_ANGLES, 2))
+    exact, rdp = [], []
+    for a in range(skeleton.NUM_ANGLES):
+        pts = np.asarray(angles[:, a], dtype=np.float64)
+        pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], per_group.centers[a])
+        region = per_group.region(a, present)
+        regions.append(region)
+        coverage[a] = float(hulls.points_in_polygon(pts, region).mean())
+        area[a] = _area(region)
+        box[:, a] = _quantile_columns(pts, slice(None), c)
+        if options.keep_pipeline_hulls:
+            pooled = hulls.fit_hull(pts, coverage=1.0)
+            exact.append(pooled.exact)
+            rdp.append(population.rdp_ring(pooled.exact, options.rdp_epsilon))
+    return JointAngleLimits(
+        names=skeleton.ANGLE_NAMES,
+        flexion_center=per_group.centers,
+        hulls=regions,
+        coverage=coverage,
+        area=area,
+        tolerance=np.zeros(skeleton.NUM_ANGLES),
+        box_min=box[0],
+        box_max=box[1],
+        exact_hulls=exact if options.keep_pipeline_hulls else None,
+        rdp_hulls=rdp if options.keep_pipeline_hulls else None,
+    )
+
+
+def _area(polygon: np.ndarray) -> float:
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
 def _assemble(
     intervals: dict[str, np.ndarray], joint: JointAngleLimits, options: FitOptions
 ) -> Limits:
@@ -412,16 +553,61 @@ def _assemble(
 
 
 def fit_core(features: Features, rows: np.ndarray, options: FitOptions) -> Limits:
-    """Limits (zero tolerances) from the frames ``rows`` (indices) of in-memory ``features``."""
+    """Limits (zero tolerances) from the frames ``rows`` of in-memory ``features``, pooled.
+
+    No groups: plain coverage quantiles and one hull pipeline per joint (what a fit of a
+    single group stores).
+    """
     intervals = {
         name: _quantile_columns(getattr(features, name), rows, options.coverage)
-        for name in ("bone_length", "palm_curvature", "palm_angle")
+        for name in PERSON_FAMILIES
     }
     return _assemble(intervals, joint_angle_limits(features.flexion_abduction, rows, options),
                      options)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- tolerances
+def _person_items() -> int:
+    """Person-level items the person confidence is shared over (the reference bone is 1)."""
+    return skeleton.NUM_BONES - 1 + 4 + 4
+
+
+def person_level_intervals(
+    sample: Features,
+    rows: np.ndarray,
+    hand: np.ndarray,
+    person: np.ndarray,
+    options: FitOptions,
+    fallback: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, population.PersonIntervals]]:
+    """``(2, K)`` prediction intervals of each person-level family over ``rows`` of ``sample``.
+
+    ``fallback`` (exact streamed quantiles of all used frames) replaces the sample's own
+    quantile range when there are too few people for a between-person spread.
+    """
+    out, detail = {}, {}
+    for name in PERSON_FAMILIES:
+        values = np.asarray(getattr(sample, name)[rows], dtype=np.float64)
+        pi = population.person_intervals(
+            values, hand[rows], person[rows], options.coverage, options.person_confidence,
+            _person_items(),
+        )  # fmt: skip
+        low, high = pi.low, pi.high
+        if pi.factor == 0.0 and fallback is not None:
+            low, high = fallback[name][0], fallback[name][1]
+        if name == "bone_length":  # lengths are positive; the reference bone is 1
+            low = np.maximum(low, MIN_BONE_LENGTH * np.maximum(pi.center, 1e-12))
+            ref = skeleton.REFERENCE_JOINTS[1] - 1
+            if options.normalization == "reference-bone":
+                low[ref] = min(low[ref], 1.0)
+                high[ref] = max(high[ref], 1.0)
+        if name == "palm_angle":  # an angle between two bones lies in [0, π]
+            low, high = np.maximum(low, 0.0), np.minimum(high, math.pi)
+        out[name] = np.vstack([low, high])
+        detail[name] = pi
+    return out, detail
+
+
+# --------------------------------------------------------------------------- held out
 def _subset(features: Features, rows: np.ndarray) -> Features:
     return Features(**{f: getattr(features, f)[rows] for f in Features.__dataclass_fields__})
 
@@ -432,17 +618,82 @@ def _split(stacked: np.ndarray) -> dict[str, np.ndarray]:
     return {f: stacked[..., edges[i] : edges[i + 1]] for i, f in enumerate(FAMILIES)}
 
 
-def _leave_one_group_out(
-    data: Collected, options: FitOptions, report: ProgressFn
-) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    """Tolerances and held-out statistics.
+def _folds(present: list[int]) -> list[np.ndarray]:
+    """Held-out folds: one group each, or groups dealt round robin into MAX_FOLDS folds."""
+    if len(present) <= MAX_FOLDS:
+        return [np.asarray([g]) for g in present]
+    return [np.asarray(present[i::MAX_FOLDS]) for i in range(MAX_FOLDS)]
 
-    On an even stride of at most ``tolerance_max_poses`` used frames: for each group g, fit
-    limits on the other groups and compute the magnitudes of g's frames against them. The
-    tolerance of each item is the largest, over groups, of the ``quantile``-quantile of that
-    group's magnitudes. The expected false-flag rate on an unseen group is estimated without
-    peeking: group g's frames are flagged against tolerances computed from the other groups
-    only (nested leave-one-out); its mean and maximum over groups are reported.
+
+@dataclass
+class _Fold:
+    groups: np.ndarray  # held-out group ids
+    magnitudes: np.ndarray  # (n, 43) of the held-out sample frames
+    edited: dict[str, tuple[np.ndarray, np.ndarray]]  # kind → ((n, 43) magnitudes, applies)
+
+
+def _fold_limits(
+    data: Collected, train: np.ndarray, regions: GroupHulls, options: FitOptions
+) -> Limits:
+    """Limits fitted without the held-out groups: intervals from ``train`` sample rows,
+    regions from the training groups' hulls (the same rule as the final fit)."""
+    intervals, _ = person_level_intervals(
+        data.sample, train, data.sample_hand, data.sample_group, options
+    )
+    groups = np.unique(data.sample_group[train])
+    joint = JointAngleLimits(
+        names=skeleton.ANGLE_NAMES,
+        flexion_center=regions.centers,
+        hulls=[regions.region(a, groups) for a in range(skeleton.NUM_ANGLES)],
+        coverage=np.zeros(skeleton.NUM_ANGLES),
+        area=np.zeros(skeleton.NUM_ANGLES),
+        tolerance=np.zeros(skeleton.NUM_ANGLES),
+        box_min=np.zeros((skeleton.NUM_ANGLES, 2)),
+        box_max=np.zeros((skeleton.NUM_ANGLES, 2)),
+    )
+    return _assemble(intervals, joint, options)
+
+
+def _tolerance_from(magnitudes: list[np.ndarray], quantile: float) -> np.ndarray:
+    """``(43,)`` tolerances from held-out magnitudes (one ``(n_f, 43)`` array per fold).
+
+    Person-level families get 0: their intervals already are for a new person. A joint's
+    tolerance is the ``quantile``-quantile of the held-out magnitudes of all folds pooled,
+    each fold weighted equally: how far an unseen person's poses fall outside, at the
+    coverage. One person's short run of bad annotations (fewer than ``(1 − q)·F`` of its
+    frames) cannot stretch it; a systematic excursion of a new person can.
+    """
+    tol = np.zeros(magnitudes[0].shape[1])
+    ja = _split(np.arange(tol.size))["joint_angle"]
+    values = np.concatenate([m[:, ja] for m in magnitudes])
+    weights = np.concatenate([np.full(len(m), 1.0 / max(len(m), 1)) for m in magnitudes])
+    tol[ja] = _weighted_quantile(values, weights, quantile)
+    return tol
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
+    """Per column of ``(n, K)`` values the smallest value whose weighted CDF reaches ``q``."""
+    out = np.empty(values.shape[1])
+    total = float(weights.sum())
+    for k in range(values.shape[1]):
+        order = np.argsort(values[:, k], kind="stable")
+        cdf = np.cumsum(weights[order]) / total
+        pos = min(int(np.searchsorted(cdf, q - 1e-12)), len(order) - 1)
+        out[k] = values[order[pos], k]
+    return out
+
+
+def _leave_one_group_out(
+    data: Collected, regions: GroupHulls, options: FitOptions, report: ProgressFn
+) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Joint-angle tolerances and the held-out statistics (docs/method.md).
+
+    On an even stride of at most ``tolerance_max_poses`` used frames, for each fold (one
+    group, or several when there are more than :data:`MAX_FOLDS`): limits fitted without it
+    (:func:`_fold_limits`), the magnitudes of its frames against them, and the same for its
+    frames with each impossible edit of :mod:`bmc_calib.edits`. Tolerances: see
+    :func:`_tolerance_from`. The flag rates are estimated without peeking: a fold's frames are
+    judged with tolerances computed from the other folds only (nested).
     """
     names = data.group_names
     zero = {f: np.zeros(v) for f, v in zip(FAMILIES, (20, 4, 4, 15), strict=True)}
@@ -455,36 +706,76 @@ def _leave_one_group_out(
                 f"{MIN_GROUPS_FOR_TOLERANCE}; tolerances are 0"
             ),
         }
-    fold_magnitudes: list[np.ndarray] = []
-    fold_quantiles = []
-    for k, g in enumerate(present):
-        train = np.flatnonzero(sample_group != g)
-        test = np.flatnonzero(sample_group == g)
+    folds: list[_Fold] = []
+    fold_groups = _folds(present)
+    for k, held in enumerate(fold_groups):
+        test_mask = np.isin(sample_group, held)
+        train, test = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
         if test.size == 0 or train.size < MIN_POSES:
             continue
-        fold_limits = fit_core(data.sample, train, options)
-        mags = compute_violations(_subset(data.sample, test), fold_limits).stacked()
-        fold_magnitudes.append(mags.astype(np.float32))
-        fold_quantiles.append(np.quantile(mags, options.quantile, axis=0))
-        report("tolerances", k + 1, len(present))
-    q = np.asarray(fold_quantiles)  # (G, 43)
-    tolerance = q.max(axis=0)
-    rate, rate_zero = [], []
-    for i, mags in enumerate(fold_magnitudes):
-        others = np.delete(q, i, axis=0).max(axis=0) if len(q) > 1 else tolerance
-        rate.append(float((mags > others + VERDICT_EPSILON).any(axis=1).mean()))
-        rate_zero.append(float((mags > VERDICT_EPSILON).any(axis=1).mean()))
+        limits = _fold_limits(data, train, regions, options)
+        feats = _subset(data.sample, test)
+        mags = compute_violations(feats, limits).stacked()
+        edited = {}
+        if options.check_edits:
+            for i, kind in enumerate(edits.EDIT_KINDS):
+                e = edits.apply_edit(feats, kind, seed=1000 * k + i)
+                edited[kind] = (compute_violations(e.features, limits).stacked(), e.applies)
+        folds.append(_Fold(held, mags, edited))
+        report("tolerances", k + 1, len(fold_groups))
+    tolerance = _tolerance_from([f.magnitudes for f in folds], options.quantile)
+    stats = _heldout_statistics(folds, options.quantile, names)
+    stats["tolerance_method"] = "leave-one-group-out"
+    return _split(tolerance), stats
+
+
+def _flags(magnitudes: np.ndarray, tolerance: np.ndarray) -> dict[str, np.ndarray]:
+    """Per family ``(n,)`` whether some item exceeds its tolerance, plus ``any``."""
+    over = magnitudes > tolerance + VERDICT_EPSILON
+    parts = {f: m.any(axis=1) for f, m in _split(over).items()}
+    parts["any"] = over.any(axis=1)
+    return parts
+
+
+def _heldout_statistics(folds: list[_Fold], quantile: float, names: list[str]) -> dict[str, object]:
+    """Nested held-out false-flag rates per family and edit detection rates per kind."""
+    rates: dict[str, list[float]] = {f: [] for f in (*FAMILIES, "any")}
+    rate_zero: list[float] = []
+    caught: dict[str, list[float]] = {kind: [] for kind in edits.EDIT_KINDS}
+    for i, fold in enumerate(folds):
+        rest = [f.magnitudes for j, f in enumerate(folds) if j != i] or [fold.magnitudes]
+        others = _tolerance_from(rest, quantile)
+        flags = _flags(fold.magnitudes, others)
+        for f, v in flags.items():
+            rates[f].append(float(v.mean()))
+        rate_zero.append(float((fold.magnitudes > VERDICT_EPSILON).any(axis=1).mean()))
+        plausible = ~flags["any"]
+        for kind, (mags, applies) in fold.edited.items():
+            judged = applies & plausible
+            hit = _flags(mags, others)["any"][judged]
+            caught[kind].append(float(hit.mean()) if hit.size else float("nan"))
+    label = [", ".join(names[g] for g in fold.groups) for fold in folds]
     stats: dict[str, object] = {
-        "tolerance_method": "leave-one-group-out",
-        "heldout_groups": np.asarray([names[g] for g in present], dtype=object),
-        "heldout_poses": int(sum(m.shape[0] for m in fold_magnitudes)),
-        "heldout_false_flag_rate": np.asarray(rate),
-        "heldout_false_flag_rate_mean": float(np.mean(rate)),
-        "heldout_false_flag_rate_max": float(np.max(rate)),
+        "heldout_groups": np.asarray(label, dtype=object),
+        "heldout_poses": int(sum(f.magnitudes.shape[0] for f in folds)),
+        "heldout_false_flag_rate": np.asarray(rates["any"]),
+        "heldout_false_flag_rate_mean": float(np.mean(rates["any"])),
+        "heldout_false_flag_rate_max": float(np.max(rates["any"])),
         "heldout_flag_rate_without_tolerance": np.asarray(rate_zero),
         "heldout_flag_rate_without_tolerance_mean": float(np.mean(rate_zero)),
     }
-    return _split(tolerance), stats
+    for f in FAMILIES:
+        stats[f"heldout_false_flag_rate_{f}"] = np.asarray(rates[f])
+        stats[f"heldout_false_flag_rate_{f}_mean"] = float(np.mean(rates[f]))
+    for kind, values in caught.items():
+        if not values:
+            continue
+        arr = np.asarray(values)
+        stats[f"heldout_edit_caught_{kind}"] = arr
+        finite = arr[np.isfinite(arr)]
+        stats[f"heldout_edit_caught_{kind}_mean"] = float(finite.mean()) if finite.size else 0.0
+        stats[f"heldout_edit_caught_{kind}_min"] = float(finite.min()) if finite.size else 0.0
+    return stats
 
 
 # --------------------------------------------------------------------------- bookkeeping
@@ -499,6 +790,21 @@ def _statistics(data: Collected) -> dict[str, object]:
     }
     for rule, count in data.rejected.items():
         stats[f"rejected_{rule}"] = int(count)
+    return stats
+
+
+def _person_statistics(detail: dict[str, population.PersonIntervals]) -> dict[str, object]:
+    """How the person-level intervals were set: method, k, people, hands, spreads."""
+    first = next(iter(detail.values()))
+    stats: dict[str, object] = {
+        "person_level_method": first.method,
+        "person_level_factor": float(first.factor),
+        "person_level_people": int(first.people),
+        "person_level_hands": int(first.hands),
+    }
+    for name, pi in detail.items():
+        stats[f"person_level_between_sd_{name}"] = pi.between_sd
+        stats[f"person_level_center_{name}"] = pi.center
     return stats
 
 

@@ -27,13 +27,22 @@ class Interval:
     min: np.ndarray
     max: np.ndarray
     tolerance: np.ndarray
+    #: bone lengths only (optional, bundle 1.1): how far (relative, 0.1 = 10 %) one pose's
+    #: value strays from its own hand's median at the fit's coverage; validate's personal
+    #: check allows at least this
+    within_person: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.min = np.asarray(self.min, dtype=np.float64)
         self.max = np.asarray(self.max, dtype=np.float64)
         self.tolerance = np.asarray(self.tolerance, dtype=np.float64)
+        if self.within_person is not None:
+            self.within_person = np.asarray(self.within_person, dtype=np.float64)
         k = len(self.names)
-        for arr in (self.min, self.max, self.tolerance):
+        arrays = [self.min, self.max, self.tolerance]
+        if self.within_person is not None:
+            arrays.append(self.within_person)
+        for arr in arrays:
             if arr.shape != (k,):
                 raise ValueError(f"interval arrays must have shape ({k},), got {arr.shape}")
 

@@ -40,14 +40,20 @@ from typing import IO
 
 import numpy as np
 
-from bmc_calib import metrics, skeleton
+from bmc_calib import metrics, personal, skeleton
 from bmc_calib.errors import BadInputError, UsageError
-from bmc_calib.formats import Source
-from bmc_calib.kinematics import DEGENERATE_REASONS, compute_features, degenerate_reason_names
+from bmc_calib.formats import Chunk, Source
+from bmc_calib.kinematics import (
+    DEGENERATE_REASONS,
+    compute_features,
+    degenerate_reason_names,
+    quick_bone_lengths,
+)
 from bmc_calib.limits import Limits
 from bmc_calib.outputs import atomic_path
 from bmc_calib.violations import (
     FAMILIES,
+    VERDICT_EPSILON,
     compute_violations,
     exceeded,
     joint_angle_points,
@@ -205,6 +211,13 @@ class Validation:
     degenerate_examples: list[DegenerateExample] = field(default_factory=list)
     accuracy: metrics.Accuracy | None = None
     accuracy_unit: str = "mm"
+    #: personal bone check (:mod:`bmc_calib.personal`): how groups were formed (None: off),
+    #: how many, poses flagged by it, per bone ``(20,)`` poses flagged and largest magnitude
+    personal_group_by: str | None = None
+    personal_groups: int = 0
+    personal_poses: int = 0
+    personal_item_poses: np.ndarray | None = None
+    personal_item_max: np.ndarray | None = None
 
     def count(self, verdict: str) -> int:
         """Number of poses with this verdict."""
@@ -263,6 +276,11 @@ class Validator:
         self.top_magnitude = np.empty(0)
         self.top_joints = np.empty((0, skeleton.NUM_JOINTS, 3))
         self.degenerate_examples: list[tuple[int, int, int]] = []
+        self.personal_allowance = personal.allowance(limits)
+        self.personal_poses = 0
+        self.personal_item_poses = np.zeros(skeleton.NUM_BONES, np.int64)
+        self.personal_item_max = np.zeros(skeleton.NUM_BONES)
+        self.personal_used = False
 
     def add(
         self,
@@ -272,11 +290,13 @@ class Validator:
         *,
         gt: np.ndarray | None = None,
         mm_per_unit: float = 1.0,
+        reference: np.ndarray | None = None,
     ) -> Block:
         """Validate ``(n, 21, 3)`` poses (frames ``first_frame …`` of source ``source``).
 
         ``gt`` ``(n, 21, 3)`` ground truth in mm (only with ``accuracy=True``);
-        ``mm_per_unit`` converts ``joints`` to mm for the accuracy figures.
+        ``mm_per_unit`` converts ``joints`` to mm for the accuracy figures; ``reference``
+        ``(n, 20)`` each pose's own group median bone lengths turns on the personal check.
         """
         features = compute_features(joints, self.limits.normalization, chunk_size=KINEMATICS_CHUNK)
         v = compute_violations(features, self.limits)
@@ -284,6 +304,18 @@ class Validator:
         over = exceeded(v, self.tol)
         exc = np.concatenate([over[f] for f in FAMILIES], axis=1)
         any_exc = exc.any(axis=1)
+        if reference is not None:
+            own = personal.personal_violation(
+                features.bone_length, reference, self.personal_allowance
+            )
+            own_exc = (own > VERDICT_EPSILON) & ~v.degenerate[:, None]
+            flagged = own_exc.any(axis=1)
+            self.personal_used = True
+            self.personal_poses += int(flagged.sum())
+            self.personal_item_poses += np.count_nonzero(own_exc, axis=0)
+            if own.size:
+                np.maximum(self.personal_item_max, own.max(axis=0), out=self.personal_item_max)
+            any_exc = any_exc | flagged
         verdict = np.where(v.degenerate, DEGENERATE, np.where(any_exc, IMPLAUSIBLE, PLAUSIBLE))
         verdict = verdict.astype(np.uint8)
         n = len(verdict)
@@ -295,7 +327,7 @@ class Validator:
         severity = np.zeros(n)
         severity[bad] = np.take_along_axis(sev_items, bad_item[:, None], axis=1)[:, 0]
         worst_item = np.full(n, -1, np.int64)
-        worst_item[bad] = bad_item
+        worst_item[bad] = np.where(severity[bad] > 0, bad_item, -1)
 
         counts = np.bincount(verdict, minlength=len(VERDICTS))
         self.poses += n
@@ -394,6 +426,9 @@ class Validator:
                 for s, f, code in self.degenerate_examples
             ],
             accuracy=None if self.accuracy is None else self.accuracy.result(),
+            personal_poses=self.personal_poses,
+            personal_item_poses=self.personal_item_poses.copy() if self.personal_used else None,
+            personal_item_max=self.personal_item_max.copy() if self.personal_used else None,
         )
 
     def _explain_worst(self) -> list[WorstPose]:
@@ -619,10 +654,55 @@ def _check_lengths(sources: Sequence[Source], limits: Limits, unit: str | None) 
 ProgressFn = Callable[[str, int, "int | None"], None]
 
 
+class _PersonalGroups:
+    """Group ids for the personal check: per reader label, per file, or none; sides apart."""
+
+    def __init__(self, group_by: str) -> None:
+        if group_by not in personal.GROUP_BY:
+            raise UsageError(f"--group-by must be one of {', '.join(personal.GROUP_BY)}")
+        self.group_by = group_by
+        self.index: dict[str, int] = {}
+
+    def ids(self, source: int, chunk: Chunk) -> np.ndarray:
+        n = chunk.joints.shape[0]
+        side = np.zeros(n, np.int64) if chunk.mirrored is None else chunk.mirrored.astype(int)
+        if self.group_by == "label" and chunk.group is not None:
+            labels = np.char.add(np.asarray(chunk.group).astype(str), "|")
+        elif self.group_by == "none":
+            labels = np.full(n, "all|")
+        else:
+            labels = np.full(n, f"{source}|")
+        keys = np.char.add(labels, side.astype(str))
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        ids = np.asarray([self.index.setdefault(str(k), len(self.index)) for k in uniq])
+        return ids[inverse.reshape(-1)]
+
+
+def _personal_medians(
+    sources: Sequence[Source], groups: _PersonalGroups, normalization: str
+) -> np.ndarray:
+    """First pass: ``(G, 20)`` median normalised bone lengths of each personal group."""
+    lengths, ids = [], []
+    for i, src in enumerate(sources):
+        step = max(1, (src.frames or 0) // personal.MEDIAN_FRAMES)
+        start = 0
+        for chunk in src.chunks():
+            n = chunk.joints.shape[0]
+            pick = np.arange((-start) % step, n, step)
+            length, valid = quick_bone_lengths(chunk.joints[pick], normalization)
+            lengths.append(length[valid])
+            ids.append(groups.ids(i, chunk)[pick][valid])
+            start += n
+    if not lengths:
+        return np.ones((0, skeleton.NUM_BONES))
+    return personal.group_medians(np.concatenate(lengths), np.concatenate(ids), len(groups.index))
+
+
 def validate_sources(
     sources: Sequence[Source],
     limits: Limits,
     *,
+    group_by: str | None = None,
     tolerance_scale: float = 1.0,
     worst: int = DEFAULT_WORST,
     gt: Sequence[Source] | None = None,
@@ -637,9 +717,15 @@ def validate_sources(
     ``gt``: ground-truth sources matched frame for frame (in order, across files) with the
     inputs; adds accuracy figures and needs known length units (the files' or ``unit``).
     ``report``: a ``.csv`` or ``.jsonl`` path written atomically, one row per pose
-    (:class:`ReportWriter`); an existing file is refused unless ``force``.
+    (:class:`ReportWriter`); an existing file is refused unless ``force``. ``group_by``
+    (``label``, ``file`` or ``none``; None = off) turns on the personal bone check
+    (:mod:`bmc_calib.personal`), which reads the inputs twice.
     """
     scale = check_tolerance_scale(tolerance_scale)
+    groups = _PersonalGroups(group_by) if group_by is not None else None
+    medians = (
+        _personal_medians(sources, groups, limits.normalization) if groups is not None else None
+    )
     kind = report_kind(report) if report is not None else None
     _check_lengths(sources, limits, unit)
     pred_mm = [_mm_factor(s, unit) for s in sources] if gt else [1.0] * len(sources)
@@ -667,11 +753,17 @@ def validate_sources(
         for i, src in enumerate(sources):
             frame = 0
             for chunk in src.chunks():
+                ref = None
+                if groups is not None and medians is not None:
+                    ref = medians[groups.ids(i, chunk)]
                 for start in range(0, chunk.joints.shape[0], step):
                     joints = chunk.joints[start : start + step]
                     n = joints.shape[0]
                     truth = stream.take(n) if stream is not None else None
-                    block = validator.add(joints, i, frame, gt=truth, mm_per_unit=pred_mm[i])
+                    block = validator.add(
+                        joints, i, frame, gt=truth, mm_per_unit=pred_mm[i],
+                        reference=None if ref is None else ref[start : start + step],
+                    )  # fmt: skip
                     if writer is not None:
                         writer.write(block)
                     frame += n
@@ -679,7 +771,11 @@ def validate_sources(
                 report_progress("validating", done, total)
         if stream is not None:
             stream.check_exhausted()
-    return validator.result()
+    result = validator.result()
+    if groups is not None:
+        result.personal_group_by = groups.group_by
+        result.personal_groups = len(groups.index)
+    return result
 
 
 def _check_frame_totals(sources: Sequence[Source], gt: Sequence[Source]) -> None:
@@ -703,16 +799,35 @@ def validate_array(
     worst: int = DEFAULT_WORST,
     name: str = "array",
     block_size: int = DEFAULT_BLOCK,
+    group: np.ndarray | None = None,
 ) -> Validation:
-    """Validate canonical right-hand poses ``(N, 21, 3)`` already in memory."""
+    """Validate canonical right-hand poses ``(N, 21, 3)`` already in memory.
+
+    ``group`` ``(N,)`` (any labels) turns on the personal bone check with those groups.
+    """
     arr = np.asarray(joints)
     if arr.ndim != 3 or arr.shape[1:] != (skeleton.NUM_JOINTS, 3):
         raise ValueError(f"joints must have shape (N, 21, 3), got {arr.shape}")
     validator = Validator(limits, tolerance_scale=tolerance_scale, worst=worst, sources=[name])
+    reference = None
+    if group is not None:
+        labels = np.asarray(group)
+        if labels.shape != (arr.shape[0],):
+            raise ValueError(f"group must have shape ({arr.shape[0]},), got {labels.shape}")
+        _, ids = np.unique(labels, return_inverse=True)
+        ids = ids.reshape(-1)
+        lengths, valid = quick_bone_lengths(arr, limits.normalization)
+        medians = personal.group_medians(lengths[valid], ids[valid], int(ids.max(initial=-1)) + 1)
+        reference = medians[ids]
     step = max(int(block_size), 1)
     for start in range(0, arr.shape[0], step):
-        validator.add(arr[start : start + step], 0, start)
-    return validator.result()
+        ref = None if reference is None else reference[start : start + step]
+        validator.add(arr[start : start + step], 0, start, reference=ref)
+    result = validator.result()
+    if group is not None:
+        result.personal_group_by = "array"
+        result.personal_groups = int(np.unique(np.asarray(group)).size)
+    return result
 
 
 # --------------------------------------------------------------------------- report

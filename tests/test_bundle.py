@@ -215,7 +215,7 @@ def test_rule_not_applied_to_a_source_stays_absent(tmp_path: Path, limits: Limit
 def test_file_layout_follows_the_spec(written: Path, limits: Limits) -> None:
     with h5py.File(written, "r") as f:
         assert f.attrs["encoding-type"] == "bmc-limits"
-        assert f.attrs["encoding-version"] == "1.0"
+        assert f.attrs["encoding-version"] == "1.1"
         assert f.attrs["normalization"] == "reference-bone"
         assert f.attrs["coverage"] == 0.995
         assert f["joint_angle"].attrs["encoding-type"] == "bmc-joint-angle-regions"

@@ -75,10 +75,16 @@ class ReadOptions:
 
 @dataclass
 class Chunk:
-    """Canonical right hands ``joints (n, 21, 3)``; ``group`` optional per-frame labels (n,)."""
+    """Canonical right hands ``joints (n, 21, 3)``; ``group`` optional per-frame labels (n,).
+
+    ``mirrored`` ``(n,)`` bool marks the frames that were left hands (mirrored to right);
+    None means none were. Left and right hands of one person are two hands with their own
+    proportions, so person-level statistics keep them apart.
+    """
 
     joints: np.ndarray
     group: np.ndarray | None = None
+    mirrored: np.ndarray | None = None
 
 
 @dataclass
@@ -104,6 +110,8 @@ class Source:
     stats: SourceStats = field(default_factory=SourceStats)
     #: the annotation files a folder source reads (hashed instead of everything below it)
     files: list[str] | None = None
+    #: what the reader assumed about the input, one line each (the CLI prints them as notes)
+    notes: list[str] = field(default_factory=list)
 
     def chunks(self) -> Iterator[Chunk]:
         """Stream the chunks; resets and fills :attr:`stats`."""
@@ -364,7 +372,8 @@ def make_chunk(
     if joints.shape[0] == 0:
         return None
     canon = to_right_hands(joints, layout, left, stats)
-    return Chunk(canon, None if labels is None else np.array(labels))
+    mirrored = np.array(left) if left.any() else None
+    return Chunk(canon, None if labels is None else np.array(labels), mirrored)
 
 
 class Pending:

@@ -1,0 +1,235 @@
+"""Limits meant for a person the fit never saw (docs/method.md has the formulas and reasons).
+
+Two kinds of quantity:
+
+- **Person-level** (bone lengths, palm curvature, palm angles): nearly constant within one
+  hand, different between people. Per hand (a group's left or right hands) a robust centre,
+  the median; the between-person spread from those centres; the within-hand spread from the
+  deviations of each pose from its own hand's centre. Each interval is a prediction interval
+  for a *new* person's pose (:func:`person_intervals`).
+- **Pose-level** (joint angles): every person moves through much the same region. Per group
+  a trimmed hull (coverage ``c`` of that group's own points), then a consensus region that
+  no single group can stretch (:func:`consensus_region`).
+
+Shapes: ``values (S, K)`` per pose and item; ``hand``, ``person`` ``(S,)`` int ids. Units
+are those of the values (see :mod:`bmc_calib.kinematics`); polygons as :mod:`bmc_calib.hulls`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from scipy.spatial import ConvexHull, QhullError
+from scipy.special import stdtrit
+
+from bmc_calib import hulls
+
+#: Fewest groups (people) for which a between-person spread is estimated.
+MIN_PEOPLE = 3
+
+
+@dataclass(frozen=True)
+class PersonIntervals:
+    """Prediction intervals of ``K`` person-level items (all arrays ``(K,)`` unless noted).
+
+    ``low``/``high``: the interval; ``center``: mean of the hands' centres; ``between_sd``:
+    standard deviation of the hands' centres; ``within_low``/``within_high``: the pooled
+    ``(1 − c)/2`` and ``1 − (1 − c)/2`` quantiles of the deviation from one's own hand centre;
+    ``factor``: the multiplier ``k`` of ``between_sd`` (scalar); ``people``/``hands``: counts.
+    ``method`` says which formula was used.
+    """
+
+    low: np.ndarray
+    high: np.ndarray
+    center: np.ndarray
+    between_sd: np.ndarray
+    within_low: np.ndarray
+    within_high: np.ndarray
+    factor: float
+    people: int
+    hands: int
+    method: str
+
+
+def hand_ids(group: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """``(S,)`` id of each pose's hand: group × side (left hands were mirrored)."""
+    return 2 * np.asarray(group, dtype=np.int64) + np.asarray(mirrored, dtype=np.int64)
+
+
+def prediction_factor(people: int, confidence: float, items: int) -> float:
+    """``k = t_{P−1}(1 − (1 − γ) / (2m)) · sqrt(1 + 1/P)`` for ``P`` people, ``m`` items.
+
+    ``γ`` is the probability that all ``m`` items of a new person's hand fall inside
+    (Bonferroni over the items, two-sided, Student t with ``P − 1`` degrees of freedom).
+    """
+    if people < 2:
+        return math.inf
+    upper = 1.0 - (1.0 - confidence) / (2.0 * max(items, 1))
+    return float(stdtrit(people - 1, upper) * math.sqrt(1.0 + 1.0 / people))
+
+
+def person_intervals(
+    values: np.ndarray,
+    hand: np.ndarray,
+    person: np.ndarray,
+    coverage: float,
+    confidence: float,
+    items: int,
+) -> PersonIntervals:
+    """Prediction intervals for a new person (see the module docstring and docs/method.md).
+
+    With ``P >= MIN_PEOPLE`` people: ``[μ − k·s + w_lo, μ + k·s + w_hi]``, where ``μ`` and
+    ``s`` are the mean and standard deviation (``ddof=1``) of the hands' medians, ``k`` is
+    :func:`prediction_factor` with ``items`` items, and ``w_lo``/``w_hi`` are the coverage
+    quantiles of the pooled within-hand deviations. With fewer people the between-person
+    spread cannot be estimated: the interval is the data's own coverage quantile range.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    hand = np.asarray(hand)
+    tail = (1.0 - coverage) / 2.0
+    uniq, inverse = np.unique(hand, return_inverse=True)
+    centers = np.empty((uniq.size, x.shape[1]))
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(uniq.size + 1))
+    for h in range(uniq.size):
+        centers[h] = np.median(x[order[bounds[h] : bounds[h + 1]]], axis=0)
+    deviation = x - centers[inverse]
+    within = np.quantile(deviation, [tail, 1.0 - tail], axis=0)
+    people = int(np.unique(np.asarray(person)).size)
+    mu = centers.mean(axis=0)
+    if people < MIN_PEOPLE or uniq.size < 2:
+        q = np.quantile(x, [tail, 1.0 - tail], axis=0)
+        return PersonIntervals(
+            q[0], q[1], mu, np.zeros_like(mu), within[0], within[1], 0.0, people, uniq.size,
+            f"quantile range: {people} group(s), a between-person spread needs {MIN_PEOPLE}",
+        )  # fmt: skip
+    sd = centers.std(axis=0, ddof=1)
+    k = prediction_factor(people, confidence, items)
+    return PersonIntervals(
+        low=mu - k * sd + within[0],
+        high=mu + k * sd + within[1],
+        center=mu,
+        between_sd=sd,
+        within_low=within[0],
+        within_high=within[1],
+        factor=k,
+        people=people,
+        hands=int(uniq.size),
+        method="prediction interval for a new person (random effects, t, Bonferroni)",
+    )
+
+
+def relative_within_spread(values: np.ndarray, hand: np.ndarray, coverage: float) -> np.ndarray:
+    """``(K,)`` coverage quantile of ``|x / own hand median − 1|``, pooled over hands."""
+    x = np.asarray(values, dtype=np.float64)
+    uniq, inverse = np.unique(np.asarray(hand), return_inverse=True)
+    centers = np.empty((uniq.size, x.shape[1]))
+    for h in range(uniq.size):
+        centers[h] = np.median(x[inverse == h], axis=0)
+    safe = np.where(centers > 0, centers, 1.0)
+    return np.quantile(np.abs(x / safe[inverse] - 1.0), coverage, axis=0)
+
+
+def consensus_region(group_hulls: list[np.ndarray]) -> np.ndarray:
+    """The region no single group can stretch: ``∩_g conv(∪_{h≠g} H_h)``.
+
+    ``group_hulls`` are the groups' own convex polygons ``(V, 2)`` (counter-clockwise). With
+    one group its hull is returned; with two, their intersection. When the intersection is
+    empty or degenerate (groups that do not overlap at all), the hull of all groups is used.
+    Returns a counter-clockwise ``(V, 2)`` polygon starting at its lexicographic minimum.
+    """
+    if not group_hulls:
+        raise ValueError("consensus_region needs at least one group hull")
+    if len(group_hulls) == 1:
+        return _canonical(np.asarray(group_hulls[0], dtype=np.float64))
+    polygons = [shapely.Polygon(h) for h in group_hulls]
+    if len(group_hulls) == 2:
+        region = polygons[0].intersection(polygons[1])
+    else:
+        region = None
+        for g in range(len(group_hulls)):
+            others = np.concatenate([h for i, h in enumerate(group_hulls) if i != g])
+            spanned = shapely.MultiPoint(others).convex_hull
+            region = spanned if region is None else region.intersection(spanned)
+    if region is None or region.geom_type != "Polygon" or region.area <= 0:
+        everything = shapely.MultiPoint(np.concatenate(group_hulls)).convex_hull
+        region = everything
+    if region.geom_type != "Polygon" or region.area <= 0:
+        return _canonical(np.asarray(group_hulls[0], dtype=np.float64))
+    coords = np.asarray(region.exterior.coords, dtype=np.float64)[:-1]
+    return _canonical(_drop_collinear(coords))
+
+
+def _drop_collinear(ring: np.ndarray) -> np.ndarray:
+    """Remove vertices of a ring that lie on the segment between their neighbours."""
+    prev, nxt = np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0)
+    cross = (ring[:, 0] - prev[:, 0]) * (nxt[:, 1] - prev[:, 1]) - (ring[:, 1] - prev[:, 1]) * (
+        nxt[:, 0] - prev[:, 0]
+    )
+    scale = max(1.0, float(np.max(np.abs(ring))))
+    keep = np.abs(cross) > 1e-12 * scale * scale
+    return ring[keep] if keep.sum() >= 3 else ring
+
+
+def _canonical(vertices: np.ndarray) -> np.ndarray:
+    area = 0.5 * float(
+        np.dot(vertices[:, 0], np.roll(vertices[:, 1], -1))
+        - np.dot(np.roll(vertices[:, 0], -1), vertices[:, 1])
+    )
+    if area < 0:
+        vertices = vertices[::-1]
+    first = int(np.lexsort((vertices[:, 1], vertices[:, 0]))[0])
+    return np.ascontiguousarray(np.roll(vertices, -first, axis=0))
+
+
+def peel(points: np.ndarray, coverage: float) -> np.ndarray:
+    """The points left after peeling convex-hull layers until a fraction ``coverage`` remains.
+
+    Onion peeling: drop the exact hull's vertices, repeat. The most extreme points go first,
+    so a thin spike of outliers (a short run of bad annotations) is cut where greedy vertex
+    removal, which only ever keeps original extreme points as vertices, cannot cut it. The
+    last layer is taken in part (its points farthest from the centroid first) so that
+    exactly ``ceil(c·M)`` points remain (at least 3). ``points`` ``(M, 2)`` finite.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    keep_count = max(3, math.ceil(coverage * len(pts) - 1e-9))
+    alive = np.ones(len(pts), dtype=bool)
+    while alive.sum() > keep_count:
+        idx = np.flatnonzero(alive)
+        try:
+            vertices = idx[ConvexHull(pts[idx]).vertices]
+        except QhullError:
+            break
+        excess = int(alive.sum()) - keep_count
+        if vertices.size > excess:  # partial layer: farthest from the centroid first
+            centre = pts[idx].mean(axis=0)
+            far = np.argsort(-np.sum((pts[vertices] - centre) ** 2, axis=1), kind="stable")
+            vertices = vertices[far[:excess]]
+        alive[vertices] = False
+    return pts[alive]
+
+
+def group_hull(points: np.ndarray, coverage: float, rdp_epsilon: float) -> np.ndarray:
+    """One group's trimmed hull: peel to ``coverage`` (:func:`peel`), then the exact hull of
+    what is left (:func:`bmc_calib.hulls.fit_hull` with coverage 1) simplified by RDP."""
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return hulls.fit_hull(np.zeros((1, 2)), coverage=1.0).vertices
+    if coverage >= 1.0:  # c = 1: the exact hull, unsimplified (DESIGN §5)
+        return hulls.fit_hull(pts, coverage=1.0).vertices
+    kept = peel(pts, coverage) if len(pts) > 3 else pts
+    exact = hulls.fit_hull(kept, coverage=1.0).vertices
+    return rdp_ring(exact, rdp_epsilon)
+
+
+def rdp_ring(polygon: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer–Douglas–Peucker of a closed convex ring: a subset of its vertices, still
+    counter-clockwise, at least 3."""
+    if len(polygon) <= 3 or epsilon <= 0:
+        return polygon
+    keep = hulls._rdp_ring(polygon, epsilon)
+    return polygon[keep] if keep.size >= 3 else polygon
