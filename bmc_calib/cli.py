@@ -1,38 +1,170 @@
 """The ``bmc-calib`` command line: parse options, call the library, render. Nothing else.
 
-Exit codes (DESIGN §8): 0 success, 1 findings (validate), 2 usage error, 3 bad input data or
-unreadable file, 4 unsupported bundle version.
+Exit codes (DESIGN §8, README table): 0 success, 1 findings (validate), 2 usage error, 3 bad
+input data or unreadable file, 4 unsupported bundle version, 70 unexpected failure (a bug),
+130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM.
+
+Every run goes through :meth:`_Group.main`: whatever goes wrong becomes one ``error:`` line
+on stderr (with ``--json`` also ``{"error": ..., "exit_code": ...}`` on stdout) and its exit
+code; ``--debug`` (or ``BMC_CALIB_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup, TyperOption
 
 from bmc_calib import __version__, bundle, render, summary
-from bmc_calib.errors import BMCError
+from bmc_calib.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    BMCError,
+)
+
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException  # type: ignore[no-redef]
+
+#: Width of output that is not a terminal (a CI log, a pipe, ``2> log``) when COLUMNS is not
+#: set: wide enough that file paths and SHA-256 digests are never split.
+WIDE = 200
+INTERRUPTED = "interrupted; nothing was written"
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised by the handler :func:`main` installs; like KeyboardInterrupt it is no
+    ``Exception``, so only cleanup code (``finally``, temporary files) sees it on its way up."""
+
+
+class _Group(TyperGroup):
+    """The command group; its :meth:`main` turns every failure into one line and a code."""
+
+    def main(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, *rest: Any, standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:  # fmt: skip
+        argv = list(sys.argv[1:] if args is None else args)
+        invoke = super().main
+        code = _exit_code(lambda: invoke(argv, *rest, standalone_mode=False, **extra), argv)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="bmc-calib",
+    cls=_Group,
     help="Measure the biomechanical limits of the human hand and check poses against them.",
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-stderr = Console(stderr=True)
-T = TypeVar("T")
-_state = {"debug": False}
+_state: dict[str, Any] = {"debug": False, "command": None}
+
+
+def _console(stderr: bool = True) -> Console:
+    """A rich console; :data:`WIDE` columns when it is not a terminal and COLUMNS is unset."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = WIDE
+    return console
+
+
+#: the console for people (tables, progress, errors); made anew by every run (:func:`_exit_code`)
+stderr = _console()
+
+
+def _exit_code(invoke: Callable[[], Any], argv: list[str]) -> int:
+    """Run the command line; every outcome becomes an exit code, every failure one line."""
+    global stderr
+    stderr = _console()
+    _state.update(debug=bool(os.environ.get("BMC_CALIB_DEBUG")), command=None)
+    try:
+        code = invoke()
+    except _Terminated:
+        return _fail(INTERRUPTED, EXIT_TERMINATED, argv)
+    except (KeyboardInterrupt, typer.Abort):
+        return _fail(INTERRUPTED, EXIT_INTERRUPTED, argv)
+    except BMCError as exc:
+        if _state["debug"]:
+            raise
+        return _fail(str(exc), exc.exit_code, argv)
+    except ClickException as exc:  # usage errors found while parsing the command line
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+            return exc.exit_code
+        return _fail(_usage_message(exc), exc.exit_code, argv)
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        command = " ".join(filter(None, ["bmc-calib", _state["command"]]))
+        return _fail(
+            f"unexpected failure of {command} ({type(exc).__name__}: {_first_line(exc)}); "
+            "rerun with --debug for the traceback",
+            EXIT_INTERNAL,
+            argv,
+        )
+    if code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into exit code 130
+        return _fail(INTERRUPTED, EXIT_INTERRUPTED, argv)
+    return code if isinstance(code, int) else 0
+
+
+def _fail(message: str, code: int, argv: list[str]) -> int:
+    """One ``error:`` line on stderr; with ``--json`` a JSON error object on stdout too."""
+    global stderr
+    stderr = _console()  # an interrupt may have hit the old one mid-print, text still queued
+    _error_line(message)
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    if "--json" in options:
+        _print_json({"error": message, "exit_code": code})
+    return code
+
+
+def _error_line(message: str) -> None:
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _usage_message(exc: ClickException) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see {ctx.command_path} -h)" if ctx is not None else message
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else "no message"
+
+
+def _show_no_type_for_flags() -> None:
+    """Recent typer prints ``<bool>`` as the type of every flag (``--help`` too), although a
+    flag takes no value: show none, as click does."""
+    display = getattr(TyperOption, "display_type_rich", None)
+    if display is None:  # pragma: no cover - older typer shows no type for flags
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if getattr(self, "is_flag", False) else display(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_show_no_type_for_flags()
 
 
 def _version(value: bool) -> None:
@@ -43,6 +175,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
@@ -50,25 +183,14 @@ def main_options(
 ) -> None:
     """bmc-calib: biomechanical hand limits from 3D joint data."""
     _state["debug"] = debug or bool(os.environ.get("BMC_CALIB_DEBUG"))
-
-
-def _run(action: Callable[[], T]) -> T:
-    """Run a library call; a BMCError becomes one red stderr line and its exit code."""
-    try:
-        return action()
-    except BMCError as exc:
-        if _state["debug"]:
-            raise
-        stderr.print(
-            f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(exc.exit_code) from None
+    _state["command"] = ctx.invoked_subcommand
 
 
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None]]:
-    """A rich progress bar on stderr driven by the library's (stage, done, total) callback."""
-    if not enabled:
+    """A rich progress bar on stderr driven by the library's (stage, done, total) callback;
+    none when stderr is not a terminal (a log gains nothing from it)."""
+    if not enabled or not stderr.is_terminal:
         yield lambda stage, done, total: None
         return
     bar = Progress(
@@ -94,8 +216,27 @@ def _print_json(data: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
-# Options shared by every command that reads pose files.
-Files = Annotated[list[str], typer.Argument(help="Input files, folders or glob patterns.")]
+def _print_lines(label: str, lines: Sequence[str]) -> None:
+    """``warning:`` / ``note:`` / ``hint:`` lines on stderr, never wrapped."""
+    for line in lines:
+        stderr.print(f"[bold yellow]{label}:[/bold yellow] {escape(line)}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
+
+
+def _print_warnings(lines: Sequence[str]) -> None:
+    _print_lines("warning", lines)
+
+
+def _wrote(text: str) -> None:
+    """A ``Wrote …`` line; ``text`` is rich markup with every user string escaped."""
+    stderr.print(text, highlight=False, soft_wrap=True)
+
+
+# Options shared by every command that reads pose files (fit, features, validate, plot):
+# declare them with these types and read the files with _open.
+Files = Annotated[
+    list[str], typer.Argument(metavar="FILES", help="Input files, folders or glob patterns.")
+]
 Layout = Annotated[
     str | None, typer.Option("--layout", help="Keypoint order of the input (see docs).")
 ]
@@ -128,12 +269,15 @@ Normalization = Annotated[
 
 
 def _open(files: list[str], layout: str | None, hand: str | None, fmt: str | None,
-          key: str | None, side: str | None = None, unit: str | None = None
+          key: str | None, side: str | None, unit: str | None = None
           ) -> list[Any]:  # fmt: skip
+    """Open the pose inputs; what the readers noticed (e.g. a reshaped array) is a note."""
     from bmc_calib.formats import ReadOptions, open_sources
 
     options = ReadOptions(layout=layout, hand=hand, key=key, side=side, unit=unit)
-    return open_sources(files, options, format=fmt)
+    sources = open_sources(files, options, format=fmt)
+    _print_lines("note", [note for source in sources for note in source.notes])
+    return sources
 
 
 @app.command()
@@ -187,47 +331,59 @@ def fit(
         with _progress(not as_json) as progress:
             limits = fit_limits(sources, options, progress, extra_parameters=extra)
         digest = bundle.write_bundle(limits, output, force=force)
-        return summary.fit_summary(limits, str(output), digest)
+        result = summary.fit_summary(limits, str(output), digest)
+        result["hints"] = summary.fit_hints(sources, group_by)
+        return result
 
-    result = _run(run)
+    result = run()
     if as_json:
         _print_json(result)
     else:
         render.fit_report(stderr, result)
+        _print_lines("hint", result["hints"])
 
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A bundle written by bmc-calib fit.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="A bundle written by bmc-calib fit.")
+    ],
     verify: Annotated[
         bool, typer.Option("--verify", help="Exit with code 3 when the digest does not match.")
     ] = False,
     as_json: Json = False,
 ) -> None:
     """Show what a bundle holds, where it came from, and whether it is intact."""
-    limits, info = _run(lambda: bundle.inspect_bundle(path))
+    limits, info = bundle.inspect_bundle(path)
     result = summary.bundle_summary(limits, info)
     if as_json:
         _print_json(result)
     else:
         render.bundle_report(stderr, result)
-    if verify and not info.digest_ok:
-        stderr.print(
-            f"[bold red]error:[/bold red] {path}: content digest mismatch (stored "
-            f"{info.digest_stored}, computed {info.digest_computed}); the file was modified",
-            highlight=False,
-            soft_wrap=True,
+    if verify and not info.digest_ok:  # the JSON above already says so: no error object
+        _error_line(
+            f"{path}: content digest mismatch (stored {info.digest_stored}, computed "
+            f"{info.digest_computed}); the file was modified"
         )
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command()
 def features(
     files: Files,
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")] = Path(
-        "features.npz"
-    ),
-    csv: Annotated[bool, typer.Option("--csv", help="Write a flat CSV table instead.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="File to write: .npz, or .csv for a flat table (default: features.npz; "
+            "with --csv, features.csv).",
+            show_default=False,
+        ),
+    ] = None,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="Write a flat CSV table (as does an -o ending in .csv).")
+    ] = False,
     layout: Layout = None,
     hand: Hand = None,
     fmt: Format = None,
@@ -242,29 +398,31 @@ def features(
     from bmc_calib.kinematics import check_normalization
     from bmc_calib.outputs import check_writable
 
+    target = output or Path("features.csv" if csv else "features.npz")
+
     def run() -> int:
+        kind = feats.output_kind(target, csv)
         check_normalization(normalization)
-        check_writable(output, force)
+        check_writable(target, force)
         sources = _open(files, layout, hand, fmt, key, side, unit)
         data = feats.pose_features(sources, normalization)
-        writer = feats.write_csv if csv else feats.write_npz
-        writer(data, output, force=force)
+        writer = feats.write_csv if kind == "csv" else feats.write_npz
+        writer(data, target, force=force)
         return len(data.features)
 
-    n = _run(run)
-    stderr.print(f"Wrote features of {n} poses to [bold]{output}[/bold]")
-
-
-def _print_warnings(lines: list[str]) -> None:
-    for line in lines:
-        stderr.print(
-            f"[bold yellow]warning:[/bold yellow] {escape(line)}", highlight=False, soft_wrap=True
-        )
+    n = run()
+    _wrote(f"Wrote features of {n} poses to [bold]{escape(str(target))}[/bold]")
 
 
 @app.command()
 def plot(
     path: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle to draw.")],
+    more_poses: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="POSES", help="Pose files to draw (the same as --poses), e.g. a.npy b.npy."
+        ),
+    ] = None,
     output: Annotated[
         Path,
         typer.Option(
@@ -276,32 +434,39 @@ def plot(
     ] = Path("limits.png"),
     poses: Annotated[
         list[str] | None,
-        typer.Option("--poses", help="Pose files to draw (repeat the option, or use a glob)."),
+        typer.Option(
+            "--poses",
+            help="Pose files to draw: --poses a.npy b.npy, or a glob, or repeat the option.",
+        ),
     ] = None,
     layout: Layout = None,
     hand: Hand = None,
     fmt: Format = None,
     key: Key = None,
+    side: Side = None,
+    unit: Unit = None,
     force: Force = False,
 ) -> None:
     """Draw a bundle's limits, and optionally poses, as two figures (needs the plot extra)."""
     from bmc_calib import plot as plotting
     from bmc_calib.features import pose_features
 
+    pose_files = [*(poses or []), *(more_poses or [])]
+
     def run() -> Any:
         plotting.check_outputs(output, force)
         limits = bundle.read_bundle(path)
         features = None
         title = path.name
-        if poses:
-            sources = _open(poses, layout, hand, fmt, key)
+        if pose_files:
+            sources = _open(pose_files, layout, hand, fmt, key, side, unit)
             features = pose_features(sources, limits.normalization).features
             title += " with " + plotting.describe_sources([s.path for s in sources])
         return plotting.plot_limits(limits, output, features=features, title=title, force=force)
 
-    result = _run(run)
+    result = run()
     _print_warnings(result.notes)
-    stderr.print("Wrote " + " and ".join(f"[bold]{escape(p)}[/bold]" for p in result.paths))
+    _wrote("Wrote " + " and ".join(f"[bold]{escape(p)}[/bold]" for p in result.paths))
 
 
 @app.command()
@@ -328,12 +493,12 @@ def merge(
             "warnings": result.warnings,
         }
 
-    data = _run(run)
+    data = run()
     if as_json:
         _print_json(data)
         return
     _print_warnings(data["warnings"])
-    stderr.print(f"Merged {len(files)} bundles into [bold]{escape(str(output))}[/bold]")
+    _wrote(f"Merged {len(files)} bundles into [bold]{escape(str(output))}[/bold]")
 
 
 @app.command()
@@ -354,9 +519,9 @@ def export(
         interop.check_format(to)
         return interop.export_hand_bmc(bundle.read_bundle(path), directory, force=force)
 
-    warnings = _run(run)
+    warnings = run()
     _print_warnings(warnings)
-    stderr.print(f"Wrote [bold]{escape(str(directory))}[/bold] ({to})")
+    _wrote(f"Wrote [bold]{escape(str(directory))}[/bold] ({escape(to)})")
 
 
 @app.command("import")
@@ -381,26 +546,40 @@ def import_(
         bundle.write_bundle(limits, output, force=force)
         return warnings
 
-    warnings = _run(run)
+    warnings = run()
     _print_warnings(warnings)
-    stderr.print(
-        f"Wrote [bold]{escape(str(output))}[/bold] (imported from {escape(str(directory))})"
-    )
+    _wrote(f"Wrote [bold]{escape(str(output))}[/bold] (imported from {escape(str(directory))})")
+
+
+def _choose_bundle(limits: str | None) -> Any:
+    """``--limits``: a bundle path, or ``default`` for the packaged bundle even when
+    ``./limits.h5`` exists; without it, :func:`bmc_calib.default_bundle.choose_bundle`'s
+    order."""
+    from bmc_calib import default_bundle
+
+    if limits != "default":
+        return default_bundle.choose_bundle(limits)
+    with default_bundle.packaged_path() as packaged:
+        choice = default_bundle.choose_bundle(packaged)
+    return dataclasses.replace(choice, origin=f"{default_bundle.ORIGIN_PACKAGED}, --limits default")
 
 
 @app.command()
 def validate(
     files: Files,
     limits_path: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--limits", help="Bundle to use (default: ./limits.h5, else the packaged one)."
+            "--limits",
+            help="Bundle to use, or 'default' for the packaged one (default: ./limits.h5, "
+            "else the packaged one).",
         ),
     ] = None,
     layout: Layout = None,
     hand: Hand = None,
     fmt: Format = None,
     key: Key = None,
+    side: Side = None,
     as_json: Json = False,
     report: Annotated[
         Path | None,
@@ -431,7 +610,6 @@ def validate(
     force: Force = False,
 ) -> None:
     """Check each pose: plausible, implausible (which joint, by how much) or degenerate."""
-    from bmc_calib import default_bundle
     from bmc_calib import validate as validation
     from bmc_calib.errors import UsageError
     from bmc_calib.outputs import check_writable
@@ -444,10 +622,10 @@ def validate(
         if report is not None:
             validation.report_kind(report)
             check_writable(report, force)
-        choice = default_bundle.choose_bundle(limits_path)
-        stderr.print(f"Limits: {choice.path} ({choice.origin})", highlight=False, soft_wrap=True)
-        sources = _open(files, layout, hand, fmt, key)
-        truth = _open(gt, layout, hand, fmt, key) if gt else None
+        choice = _choose_bundle(limits_path)
+        _wrote(f"Limits: {escape(choice.path)} ({escape(choice.origin)})")
+        sources = _open(files, layout, hand, fmt, key, side)
+        truth = _open(gt, layout, hand, fmt, key, side) if gt else None
         with _progress(not as_json) as progress:
             result = validation.validate_sources(
                 sources,
@@ -462,13 +640,13 @@ def validate(
             )
         return summary.validate_summary(result, choice, fail_on)
 
-    data = _run(run)
+    data = run()
     if as_json:
         _print_json(data)
     else:
         render.validate_report(stderr, data)
     if report is not None:
-        stderr.print(f"Wrote {report} ({data['poses']} rows)", highlight=False, soft_wrap=True)
+        _wrote(f"Wrote {escape(str(report))} ({data['poses']} rows)")
     raise typer.Exit(1 if data["failed"] else 0)
 
 
@@ -500,11 +678,16 @@ def formats_(as_json: Json = False) -> None:
             lines.append(f"labels: {f['groups']} (--group-by label)")
         lines.append(f"e.g.    {f['example']}")
         table.add_row(str(f["name"]), escape("\n".join(lines)))
-    stderr.print(table, highlight=False)
+    _console(stderr=False).print(table, highlight=False)  # a listing is the output: stdout
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM is handled like Ctrl-C (exit 143, nothing written)."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

@@ -8,6 +8,11 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_UNSUPPORTED_VERSION = 4
+#: an unexpected failure (a bug): one line, ``--debug`` shows the traceback
+EXIT_INTERNAL = 70
+#: interrupted by SIGINT (Ctrl-C) / SIGTERM: 128 + the signal number; nothing was written
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 class BMCError(Exception):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bmc_calib import skeleton
+from bmc_calib.errors import UsageError
 from bmc_calib.formats import Source
 from bmc_calib.kinematics import DEGENERATE_REASONS, Features, compute_features, concatenate
 from bmc_calib.outputs import atomic_path
@@ -57,6 +58,19 @@ def column_names() -> list[str]:
     for n in skeleton.ANGLE_NAMES:
         cols += [f"flexion_{n}", f"abduction_{n}"]
     return cols
+
+
+def output_kind(path: str | os.PathLike, csv: bool = False) -> str:
+    """``"csv"`` or ``"npz"``: by the suffix of ``path`` (``.csv`` / ``.npz``), else ``csv``
+    when ``csv`` (``--csv``) and ``npz`` otherwise. ``--csv`` with an ``.npz`` path is a
+    :class:`UsageError`."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".npz" and csv:
+        raise UsageError(
+            f"{os.fspath(path)}: --csv writes a CSV table, not .npz: name the output .csv, "
+            "or drop --csv"
+        )
+    return "csv" if suffix == ".csv" or csv else "npz"
 
 
 def write_npz(data: PoseFeatures, path: str | os.PathLike, *, force: bool = False) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -13,9 +14,14 @@ def _pct(x: Any) -> str:
     return "–" if x is None else f"{100.0 * float(x):.1f} %"
 
 
+def _text(x: Any) -> str:
+    """A value as rich markup that shows exactly it (file names may hold ``[…]``)."""
+    return escape(str(x))
+
+
 def _table(title: str) -> Table:
     return Table(
-        title=title,
+        title=_text(title),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
@@ -38,8 +44,8 @@ def sources_table(summary: dict[str, Any]) -> Table:
         t.add_column(col, justify="right")
     for s in summary["sources"]:
         t.add_row(
-            s["path"],
-            s["format"],
+            _text(s["path"]),
+            _text(s["format"]),
             str(s["frames_read"]),
             str(s["frames_used"]),
             *(str(s["rejected"].get(r, 0)) for r in rules),
@@ -56,7 +62,7 @@ def interval_table(title: str, rows: list[dict[str, Any]], unit: str, digits: in
         t.add_column(col, justify="left" if col == "item" else "right")
     for r in rows:
         t.add_row(
-            r["name"],
+            _text(r["name"]),
             f"{r['min' + suffix]:.{digits}f}",
             f"{r['max' + suffix]:.{digits}f}",
             f"{r['tolerance' + suffix]:.{digits}f}",
@@ -76,7 +82,7 @@ def joint_angle_table(rows: list[dict[str, Any]]) -> Table:
         )  # fmt: skip
         fr, ar = r["flexion_range_deg"], r["abduction_range_deg"]
         t.add_row(
-            r["name"],
+            _text(r["name"]),
             verts,
             f"{100 * r['coverage']:.2f}",
             f"{r['hull_area_deg2']:.0f}",
@@ -98,7 +104,7 @@ def limits_tables(console: Console, limits: dict[str, Any]) -> None:
 
 def heldout_lines(console: Console, stats: dict[str, Any]) -> None:
     method = stats.get("tolerance_method", "")
-    console.print(f"Tolerances: {method}")
+    console.print(f"Tolerances: {_text(method)}", highlight=False)
     if "heldout_false_flag_rate_mean" in stats:
         console.print(
             "Held-out false-flag rate on an unseen group: "
@@ -119,25 +125,36 @@ def fit_report(console: Console, summary: dict[str, Any]) -> None:
     )
     limits_tables(console, limits)
     heldout_lines(console, limits["statistics"])
-    console.print(f"Wrote [bold]{summary['output']}[/bold] ({summary['content_digest']})")
+    console.print(
+        f"Wrote [bold]{_text(summary['output'])}[/bold] ({summary['content_digest']})",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def bundle_report(console: Console, summary: dict[str, Any]) -> None:
     """The human view of ``bmc-calib inspect``."""
     digest = "[green]ok[/green]" if summary["digest_ok"] else "[red]MISMATCH[/red]"
-    console.print(f"[bold]{summary['path']}[/bold]")
+    console.print(f"[bold]{_text(summary['path'])}[/bold]", highlight=False, soft_wrap=True)
     console.print(
-        f"bmc-limits bundle v{summary['encoding_version']}, written by {summary['tool_name']} "
-        f"{summary['tool_version']} at {summary['created']}"
+        f"bmc-limits bundle v{_text(summary['encoding_version'])}, written by "
+        f"{_text(summary['tool_name'])} {_text(summary['tool_version'])} at "
+        f"{_text(summary['created'])}"
     )
     console.print(
-        f"skeleton {summary['skeleton']}, normalization {summary['normalization']}, "
-        f"length unit {summary['length_unit']}, coverage {summary['coverage']}"
+        f"skeleton {_text(summary['skeleton'])}, normalization "
+        f"{_text(summary['normalization'])}, length unit {_text(summary['length_unit'])}, "
+        f"coverage {_text(summary['coverage'])}"
     )
-    console.print(f"content digest {summary['content_digest']}: {digest}")
+    console.print(f"content digest {_text(summary['content_digest'])}: {digest}", soft_wrap=True)
     params = ", ".join(f"{k}={v}" for k, v in summary["parameters"].items())
-    console.print(f"fit parameters: {params}")
+    console.print(f"fit parameters: {_text(params)}")
     console.print(sources_table(summary))
+    console.print("Input files (SHA-256):")
+    for s in summary["sources"]:
+        console.print(
+            f"  {_text(s['sha256'])}  {_text(s['path'])}", highlight=False, soft_wrap=True
+        )
     limits_tables(console, summary)
     heldout_lines(console, summary["statistics"])
 
@@ -224,7 +241,7 @@ def validate_report(console: Console, summary: dict[str, Any]) -> None:
             files.add_column(col, justify="right")
         for s in summary["sources"]:
             files.add_row(
-                s["path"],
+                _text(s["path"]),
                 str(s["poses"]),
                 str(s["plausible"]),
                 str(s["implausible"]),
@@ -237,7 +254,7 @@ def validate_report(console: Console, summary: dict[str, Any]) -> None:
         console.print("Worst poses:")
         for w in summary["worst_poses"]:
             console.print(
-                f"  frame {w['frame']} (file {w['source']}): {w['reason']}",
+                f"  frame {w['frame']} (file {_text(w['source'])}): {_text(w['reason'])}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -246,7 +263,8 @@ def validate_report(console: Console, summary: dict[str, Any]) -> None:
         console.print(f"Degenerate poses: {summary['degenerate']} ({reasons})")
         for d in summary["degenerate_examples"]:
             console.print(
-                f"  frame {d['frame']} (file {d['source']}): {', '.join(d['reasons'])}",
+                f"  frame {d['frame']} (file {_text(d['source'])}): "
+                f"{_text(', '.join(d['reasons']))}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -306,7 +324,7 @@ def tolerance_lines(console: Console, summary: dict[str, Any]) -> None:
         )
     else:
         console.print(
-            f"Tolerances: {method or 'not recorded'} (× {scale:g}); no held-out false-flag "
+            f"Tolerances: {_text(method or 'not recorded')} (× {scale:g}); no held-out false-flag "
             "estimate: expect many poses of a new person to be flagged",
             highlight=False,
             soft_wrap=True,

@@ -6,6 +6,7 @@ prints. Angles are reported in degrees here (``*_deg`` keys), everything else as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,26 @@ def fit_summary(limits: Limits, output: str, digest: str) -> dict[str, Any]:
         "heldout_false_flag_rate_max": _jsonable(stats.get("heldout_false_flag_rate_max")),
         "limits": limits_summary(limits),
     }
+
+
+def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
+    """Advice after a fit: ``--group-by label`` when one group per input gives too few groups
+    for held-out tolerances but the inputs' format has per-frame subject/sequence labels."""
+    from bmc_calib.fit import MIN_GROUPS_FOR_TOLERANCE
+    from bmc_calib.formats import readers
+
+    if group_by != "file" or len(sources) >= MIN_GROUPS_FOR_TOLERANCE:
+        return []
+    groups = {reader.name: reader.groups for reader in readers()}
+    labels = {s.format: groups.get(s.format, "") for s in sources}
+    labelled = [f"{name} ({what})" for name, what in labels.items() if what]
+    if not labelled:
+        return []
+    return [
+        f"--group-by file made {len(sources)} group(s), fewer than the "
+        f"{MIN_GROUPS_FOR_TOLERANCE} held-out tolerances need, so tolerances are 0; the data "
+        f"has per-frame labels ({', '.join(labelled)}): rerun with --group-by label"
+    ]
 
 
 def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:

@@ -38,8 +38,16 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ModuleNotFoundError as exc:  # the optional extra is not installed
+    if exc.name != "torch":
+        raise
+    raise ImportError(
+        "bmc_calib.torch needs PyTorch, which is not installed: pip install 'bmc-calib[torch]'"
+    ) from exc
 
 from bmc_calib import kinematics, skeleton, synthetic
 from bmc_calib.errors import BadInputError, UsageError

@@ -46,7 +46,8 @@ rerun the script and commit the result.
 
 Exit codes of every command: 0 success (validate: every pose plausible), 1 validate found
 implausible or degenerate poses, 2 usage error (including a missing optional extra, e.g.
-matplotlib for `plot`), 3 bad input data or unreadable file, 4 unsupported bundle version.
+matplotlib for `plot`), 3 bad input data or unreadable file, 4 unsupported bundle version,
+70 unexpected failure (rerun with `--debug`), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 

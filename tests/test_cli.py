@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from bmc_calib import __version__, bundle, skeleton
 from bmc_calib.cli import app
 
-SAMPLES = sorted(str(p) for p in Path("data_samples").glob("subject_*"))
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted(str(p) for p in (ROOT / "data_samples").glob("subject_*"))
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_inspect_json_and_verify(runner, bundle_path, tmp_path) -> None:
     result = runner.invoke(app, ["inspect", str(bundle_path), "--json", "--verify"])
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert data["encoding_version"] == "1.0" and data["digest_ok"] is True
+    assert data["encoding_version"] == bundle.ENCODING_VERSION and data["digest_ok"] is True
     assert [r["name"] for r in data["bone_length"]] == list(skeleton.BONE_NAMES)
     assert len(data["sources"]) == 6 and data["sources"][5]["frames_mirrored"] == 300
     assert data["parameters"]["coverage"] == 0.999
@@ -131,11 +132,11 @@ def test_not_a_bundle_is_exit_3(runner, tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["fit", "data_samples/subject_01.npy", "--coverage", "2"], "coverage"),
-        (["fit", "data_samples/subject_01.npy", "--layout", "nope"], "unknown layout"),
-        (["fit", "data_samples/subject_01.npy", "--hand", "both"], "--hand"),
-        (["fit", "data_samples/subject_01.npy", "--format", "nope"], "unknown format"),
-        (["fit", "data_samples/subject_01.npy", "--group-by", "x"], "--group-by"),
+        (["fit", SAMPLES[0], "--coverage", "2"], "coverage"),
+        (["fit", SAMPLES[0], "--layout", "nope"], "unknown layout"),
+        (["fit", SAMPLES[0], "--hand", "both"], "--hand"),
+        (["fit", SAMPLES[0], "--format", "nope"], "unknown format"),
+        (["fit", SAMPLES[0], "--group-by", "x"], "--group-by"),
         (["fit"], "Missing argument"),
         (["frobnicate"], "No such command"),
     ],
@@ -179,9 +180,7 @@ def test_real_entry_point_in_a_subprocess(tmp_path) -> None:
     exe = shutil.which("bmc-calib")
     cmd = [exe] if exe else [sys.executable, "-m", "bmc_calib.cli"]
     out = tmp_path / "limits.h5"
-    root = Path(__file__).resolve().parents[1]
-    samples = [str(root / s) for s in SAMPLES]
-    fit = subprocess.run([*cmd, "fit", *samples, "-o", str(out), "--json"],
+    fit = subprocess.run([*cmd, "fit", *SAMPLES, "-o", str(out), "--json"],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     assert json.loads(fit.stdout)["frames_read"] == 11000

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from bmc_calib import skeleton, synthetic
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.formats import ReadOptions, open_sources, palm_center_to_wrist
+
+DATA = Path(__file__).resolve().parents[1] / "data_samples"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +113,7 @@ def test_npz_single_array_and_key_option(tmp_path, canonical) -> None:
 
 
 def test_sample_data_reads(canonical) -> None:
-    (src,) = open_sources(["data_samples/subject_06_left.npz"])
+    (src,) = open_sources([str(DATA / "subject_06_left.npz")])
     joints = np.concatenate([c.joints for c in src.chunks()])
     assert joints.shape == (1000, 21, 3) and src.stats.frames_mirrored == 300
 
@@ -128,7 +132,7 @@ def _malformed(tmp_path, canonical) -> dict[str, tuple[object, str]]:
     np.savez(tmp_path / "wrong_is_left.npz", joints=canonical, is_left=np.zeros(3, bool))
     return {
         "truncated.npy": ("truncated.npy", "not a readable .npy|cannot read frames"),
-        "shape.npy": ("shape.npy", r"expected joints of shape \(N, 21, 3\), found \(50, 20, 3\)"),
+        "shape.npy": ("shape.npy", r"shape \(N, 21, 3\) or \(N, 63\), found \(50, 20, 3\)"),
         "empty.npy": ("empty.npy", "contains no poses"),
         "strings.npy": ("strings.npy", "joints must be numbers"),
         "text.npy": ("text.npy", "not a readable .npy array"),

@@ -20,7 +20,8 @@ from bmc_calib.fit import fit_limits
 from bmc_calib.formats import open_sources
 from bmc_calib.limits import Limits
 
-SAMPLES = [f"data_samples/subject_0{i}.npy" for i in (1, 2, 3)]
+DATA = Path(__file__).resolve().parents[1] / "data_samples"
+SAMPLES = [str(DATA / f"subject_0{i}.npy") for i in (1, 2, 3)]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from bmc_calib.formats import open_sources
 from bmc_calib.limits import Limits
 from bmc_calib.merge import _widest_uncovered_arc, merge_limits, rewrap_polygon
 
-SAMPLES = Path("data_samples")
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from bmc_calib.formats import open_sources
 from bmc_calib.limits import Limits
 from bmc_calib.violations import joint_angle_points
 
-FIT = [f"data_samples/subject_0{i}.npy" for i in (1, 2, 3)]
-POSES = "data_samples/subject_06_left.npz"
+DATA = Path(__file__).resolve().parents[1] / "data_samples"
+FIT = [str(DATA / f"subject_0{i}.npy") for i in (1, 2, 3)]
+POSES = str(DATA / "subject_06_left.npz")
 
 
 @pytest.fixture(scope="module")

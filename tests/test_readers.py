@@ -607,7 +607,7 @@ def test_cli_formats_lists_every_reader(runner) -> None:
         assert {"expected_files", "layout", "unit", "handedness", "groups", "example"} <= set(f)
         assert f["expected_files"] and f["layout"] and f["unit"] and f["handedness"]
     human = runner.invoke(app, ["formats"])
-    assert human.exit_code == 0 and "interhand" in human.stderr and "UNVERIFIED" in human.stderr
+    assert human.exit_code == 0 and "interhand" in human.stdout and "UNVERIFIED" in human.stdout
 
 
 def test_cli_fit_dataset_tree_by_subject_labels(runner, tmp_path) -> None:

@@ -1,6 +1,7 @@
 """Readers for plain arrays: ``.npy`` (streamed in chunks) and ``.npz`` (named array).
 
-Expected content: joints ``(N, 21, 3)`` (or one pose ``(21, 3)``) in the layout named by
+Expected content: joints ``(N, 21, 3)`` (or one pose ``(21, 3)``, or ``(N, 63)`` rows
+``x0 y0 z0 … z20``, read as ``(N, 21, 3)`` with a note) in the layout named by
 ``--layout`` (default canonical), any length unit, right hands unless ``--hand left``.
 A ``.npz`` file may also hold ``is_left`` ``(N,)`` bool: those frames are mirrored.
 """
@@ -28,6 +29,24 @@ from bmc_calib.formats.base import (
 NPZ_KEYS: tuple[str, ...] = ("joints", "joints_3d", "xyz", "keypoints", "poses")
 
 
+def joint_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an array of ``shape`` is read as: one pose ``(21, 3)`` → ``(1, 21, 3)``,
+    flat rows ``(N, 63)`` (``x0 y0 z0 … z20``) → ``(N, 21, 3)``, anything else unchanged."""
+    shape = tuple(int(s) for s in shape)
+    if shape == (skeleton.NUM_JOINTS, 3):
+        return (1, *shape)
+    if len(shape) == 2 and shape[1] == 3 * skeleton.NUM_JOINTS:
+        return (shape[0], skeleton.NUM_JOINTS, 3)
+    return shape
+
+
+def flat_rows_notes(path: str, shape: tuple[int, ...]) -> list[str]:
+    """The note for an ``(N, 63)`` array read as ``(N, 21, 3)`` (else none)."""
+    if len(shape) != 2 or joint_shape(shape) == tuple(shape):
+        return []
+    return [f"{path}: {tuple(shape)} array read as {joint_shape(shape)}: x0 y0 z0 … z20 per row"]
+
+
 def check_joint_shape(path: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
     """Raise a one-line :class:`BadInputError` unless ``shape`` is ``(N>0, 21, 3)`` numbers."""
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
@@ -35,15 +54,16 @@ def check_joint_shape(path: str, shape: tuple[int, ...], dtype: np.dtype) -> Non
     if len(shape) == 3 and shape[2] == 3 and (refusal := incomplete_skeleton(path, shape[1])):
         raise refusal
     if len(shape) != 3 or tuple(shape[1:]) != (skeleton.NUM_JOINTS, 3):
-        raise BadInputError(f"{path}: expected joints of shape (N, 21, 3), found {tuple(shape)}")
+        raise BadInputError(
+            f"{path}: expected joints of shape (N, 21, 3) or (N, 63), found {tuple(shape)}"
+        )
     if shape[0] == 0:
         raise BadInputError(f"{path}: contains no poses (shape {tuple(shape)})")
 
 
 def check_joint_array(path: str, arr: np.ndarray) -> np.ndarray:
-    """Return ``arr`` as ``(N, 21, 3)`` (one ``(21, 3)`` pose becomes N = 1) or raise."""
-    if arr.shape == (skeleton.NUM_JOINTS, 3):
-        arr = arr[None]
+    """Return ``arr`` as ``(N, 21, 3)`` (:func:`joint_shape`) or raise."""
+    arr = arr.reshape(joint_shape(arr.shape))
     check_joint_shape(path, arr.shape, arr.dtype)
     return arr
 
@@ -85,7 +105,8 @@ class _NpyRows:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             self.offset = fh.tell()
         self.dtype = np.dtype(dtype)
-        self.shape = (1, *shape) if tuple(shape) == (skeleton.NUM_JOINTS, 3) else tuple(shape)
+        self.notes = flat_rows_notes(path, tuple(shape))
+        self.shape = joint_shape(tuple(shape))
         check_joint_shape(path, self.shape, self.dtype)
         self.row_bytes = skeleton.NUM_JOINTS * 3 * self.dtype.itemsize
         self.mapped = np.load(path, mmap_mode="r").reshape(self.shape) if fortran else None
@@ -105,10 +126,10 @@ class _NpyRows:
 
 class NpyReader(Reader):
     name = "npy"
-    description = "NumPy array of joints (N, 21, 3); streamed in chunks"
+    description = "NumPy array of joints (N, 21, 3) or flat rows (N, 63); streamed in chunks"
     suffixes = (".npy",)
     handedness = "right; --hand left mirrors all frames"
-    expected_files = "*.npy holding (N, 21, 3) or (21, 3) joints"
+    expected_files = "*.npy holding (N, 21, 3), (N, 63) or (21, 3) joints"
     example = "bmc-calib fit poses.npy --layout rhd -o limits.h5"
     layout_option = True
     key_option = True
@@ -122,13 +143,15 @@ class NpyReader(Reader):
             raise BadInputError(f"{path}: not a readable .npy array ({_short(exc)})") from None
         layout = skeleton.get_layout(options.layout or self.layout)
         is_left = options.hand == "left"
-        return self.source(
+        source = self.source(
             path,
             options,
             layout,
             lambda stats: _stream(path, arr, layout, is_left, options, stats),
             frames=int(arr.shape[0]),
         )
+        source.notes.extend(arr.notes)
+        return source
 
 
 class NpzReader(Reader):
@@ -139,7 +162,7 @@ class NpzReader(Reader):
     )
     suffixes = (".npz",)
     handedness = "right; per-frame is_left array, or --hand left for all"
-    expected_files = "*.npz with a joints array (N, 21, 3) (--key names it)"
+    expected_files = "*.npz with a joints array (N, 21, 3) or (N, 63) (--key names it)"
     example = "bmc-calib fit poses.npz --key joints -o limits.h5"
     layout_option = True
     key_option = True
@@ -151,7 +174,8 @@ class NpzReader(Reader):
                 raise BadInputError(f"{path}: not an .npz archive (holds a single array)")
             with archive:
                 key = self._joint_key(path, list(archive.files), options.key)
-                arr = check_joint_array(path, archive[key])
+                stored = archive[key]
+                arr = check_joint_array(path, stored)
                 is_left = archive["is_left"] if "is_left" in archive.files else None
         except BadInputError:
             raise
@@ -165,13 +189,15 @@ class NpzReader(Reader):
                     f"{path}: is_left has {left.shape[0]} entries for {arr.shape[0]} poses"
                 )
         layout = skeleton.get_layout(options.layout or self.layout)
-        return self.source(
+        source = self.source(
             path,
             options,
             layout,
             lambda stats: _stream(path, arr, layout, left, options, stats),
             frames=int(arr.shape[0]),
         )
+        source.notes.extend(flat_rows_notes(path, stored.shape))
+        return source
 
     @staticmethod
     def _joint_key(path: str, keys: list[str], wanted: str | None) -> str:

@@ -317,22 +317,29 @@ class CsvReader(Reader):
         return SCORE_SUFFIX if numeric else 0
 
     def open(self, path: str, options: ReadOptions) -> Source:
-        return self.file_source(path, options, self._chunks)
+        source = self.file_source(path, options, self._chunks)
+        if _has_index_column(path):
+            source.notes.append(
+                f"{path}: the first column is a row index (empty header cell, as pandas "
+                "writes it): ignored"
+            )
+        return source
 
     def _chunks(
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats
     ) -> Iterator[Chunk]:
+        index = _has_index_column(path)
         try:
             fh = open(path, encoding="utf-8-sig")  # closed by the with below
         except OSError as exc:
             raise BadInputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
         with fh:
-            rows = _data_rows(path, fh)
+            rows = _data_rows(path, fh, header=index)
             columns = None
             while batch := list(itertools.islice(rows, options.chunk_frames)):
                 if columns is None:
-                    columns = _check_columns(path, batch[0])
-                values = _parse_rows(path, batch, columns)
+                    columns = _check_columns(path, batch[0], index)
+                values = _parse_rows(path, batch, columns)[:, columns - _COLUMNS :]
                 arr = values.reshape(len(batch), skeleton.NUM_JOINTS, 3)
                 chunk = make_chunk(arr, layout, stats, options, clean=False)
                 if chunk is not None:
@@ -341,8 +348,9 @@ class CsvReader(Reader):
                 raise BadInputError(f"{path}: contains no poses (no data rows)")
 
 
-def _data_rows(path: str, fh: Any) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of the data rows: no blanks, comments, or a header line."""
+def _data_rows(path: str, fh: Any, header: bool = False) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of the data rows: no blanks, comments, or a header line (the
+    first line when ``header``, else a first line that is not all numbers)."""
     first = True
     try:
         for lineno, raw in enumerate(fh, 1):
@@ -352,7 +360,7 @@ def _data_rows(path: str, fh: Any) -> Iterator[tuple[int, str]]:
             if first:
                 first = False
                 tokens = _tokens(line)
-                if tokens and not all(_is_number(t) for t in tokens):
+                if header or (tokens and not all(_is_number(t) for t in tokens)):
                     continue  # a header line
             yield lineno, line
     except UnicodeDecodeError:
@@ -382,8 +390,26 @@ def _parse_rows(path: str, batch: list[tuple[int, str]], columns: int) -> np.nda
     return values
 
 
-def _check_columns(path: str, row: tuple[int, str]) -> int:
+def _has_index_column(path: str) -> bool:
+    """Whether the table starts with a header whose first cell is empty (``,x0,y0,…``) over
+    rows of 64 numbers: the row index pandas' ``to_csv`` writes."""
+    lines = [ln.split("#", 1)[0].rstrip("\r\n ") for ln in _io.head(path, 1 << 16).splitlines()]
+    lines = [ln.removeprefix("\ufeff") for ln in lines if ln.strip()][:2]
+    if len(lines) < 2 or lines[0][:1] not in {",", ";", "\t"}:
+        return False
+    data = _tokens(lines[1])
+    return len(data) == _COLUMNS + 1 and all(_is_number(t) for t in data)
+
+
+#: numbers per row: 21 joints × x y z
+_COLUMNS = 3 * skeleton.NUM_JOINTS
+
+
+def _check_columns(path: str, row: tuple[int, str], index: bool = False) -> int:
+    """Numbers per row (63, or 64 with a pandas index column), from the first data row."""
     n = len(_tokens(row[1]))
+    if index and n == _COLUMNS + 1:
+        return n
     if n == 64:
         raise BadInputError(
             f"{path}: 64 numbers per row (a leading time/frame column?); F-PHAB skeleton.txt "
