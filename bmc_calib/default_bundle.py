@@ -1,25 +1,25 @@
 """The default limits bundle shipped with the package, and how ``validate`` picks a bundle.
 
-The packaged file ``bmc_calib/data/default_limits.h5`` is rebuilt, reproducibly, by::
+The packaged file ``bmc_calib/data/default_limits.h5`` is fitted on **real hands**: the
+DexYCB joints of 7 people in ``../shared/data/dexycb`` (Chao et al., "DexYCB: A Benchmark
+for Capturing Hand Grasping of Objects", CVPR 2021; MANO-fitted annotations, both hands,
+44,879 frames; released for non-commercial research use under CC BY-NC 4.0, which
+therefore also applies to the packaged bundle). It is rebuilt, reproducibly, by::
 
-    python -m bmc_calib.default_bundle            # writes bmc_calib/data/default_limits.h5
-    python -m bmc_calib.default_bundle -o x.h5    # anywhere else
+    python -m bmc_calib.default_bundle                     # writes bmc_calib/data/default_limits.h5
+    python -m bmc_calib.default_bundle --data DIR -o x.h5  # another folder / target
 
-It is an ordinary ``fit`` (default options: coverage 0.999, glitch rejection, tolerances by
-leave-one-group-out) of :data:`SUBJECTS` synthetic people from :mod:`bmc_calib.synthetic`
-(``make_subjects(SUBJECTS, seed=SUBJECT_SEED)``), :data:`POSES_PER_SUBJECT` poses each with
-:data:`NOISE_MM` mm annotation noise and :data:`GLITCH_FRACTION` glitch frames, one group per
-subject. Only the ``created`` time differs between two builds with the same numpy. The
-subjects differ from those of ``data_samples/`` (seed 0), so those files are unseen people
-for this bundle.
+an ordinary ``fit`` with default options, one group per person (file). Provenance paths
+are recorded relative to the data folder's parent (``dexycb/subject_01.npz``), so only the
+``created`` time differs between two builds with the same numpy.
 
-These limits describe the synthetic hands' ranges of motion (published active ranges, see
-:data:`bmc_calib.synthetic.RANGES`), not a recorded population: fit your own bundle on your
-data for real use.
+:func:`build_synthetic_limits` fits the synthetic people of :mod:`bmc_calib.synthetic`
+instead (what the package shipped before real data was at hand); tests use it where they
+need limits of hands whose every angle and length is known.
 
-Bundle choice for ``validate`` (DESIGN §8): ``--limits PATH`` when given, else
-``./limits.h5`` when it exists, else the packaged file (read through
-:mod:`importlib.resources`, so it works from an installed wheel).
+Bundle choice for ``validate`` (DESIGN §8): ``--limits PATH`` when given (``default``
+names the packaged file), else ``./limits.h5`` when it exists, else the packaged file (read
+through :mod:`importlib.resources`, so it works from an installed wheel).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ from bmc_calib.fit import FitOptions, fit_limits
 from bmc_calib.formats.base import Chunk, Source, SourceStats, to_right_hands
 from bmc_calib.limits import Limits
 
+#: the real data the packaged bundle is fitted on, relative to the repository root
+DATA_FOLDER = os.path.join("..", "shared", "data", "dexycb")
+DATA_NAME = "DexYCB (Chao et al., CVPR 2021), 7 people, MANO-fitted joints"
+DATA_LICENCE = "CC BY-NC 4.0 (non-commercial research use), as the DexYCB annotations"
+
 SUBJECTS = 12
 SUBJECT_SEED = 2020
 POSES_PER_SUBJECT = 5000
@@ -52,6 +57,8 @@ GLITCH_FRACTION = 0.03
 PACKAGE = "bmc_calib"
 PACKAGED_NAME = "data/default_limits.h5"
 LOCAL_NAME = "limits.h5"
+#: ``--limits default`` names the packaged file even where ``./limits.h5`` exists
+DEFAULT_NAME = "default"
 
 #: ``BundleChoice.origin`` values
 ORIGIN_OPTION = "--limits"
@@ -88,8 +95,13 @@ def _array_source(name: str, joints: np.ndarray) -> Source:
     return src
 
 
-def default_sources() -> list[Source]:
-    """The synthetic recordings the default bundle is fitted on, one source per subject."""
+def synthetic_sources() -> list[Source]:
+    """The synthetic recordings of :func:`build_synthetic_limits`, one source per subject.
+
+    Angles are anatomical (``placement=False``: the published ranges of
+    :data:`bmc_calib.synthetic.RANGES`, hinge joints without abduction), so limits fitted on
+    them can be checked against those ranges.
+    """
     subjects = synthetic.make_subjects(SUBJECTS, seed=SUBJECT_SEED)
     return [
         _array_source(
@@ -100,16 +112,52 @@ def default_sources() -> list[Source]:
                 seed=POSE_SEED + i,
                 glitch_fraction=GLITCH_FRACTION,
                 noise_mm=NOISE_MM,
+                placement=False,
             ).joints,
         )
         for i, subject in enumerate(subjects)
     ]
 
 
-def build_default_limits() -> Limits:
-    """Fit the default limits (deterministic; about two seconds)."""
+def repository_data_folder() -> str:
+    """``../shared/data/dexycb`` next to the repository this package was imported from."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.normpath(os.path.join(here, DATA_FOLDER))
+
+
+def real_sources(folder: str | None = None) -> list[Source]:
+    """One source per person file of ``folder`` (default :func:`repository_data_folder`),
+    with paths recorded relative to the folder's parent."""
+    from bmc_calib.formats import open_sources
+
+    root = folder or repository_data_folder()
+    files = sorted(
+        os.path.join(root, name) for name in os.listdir(root) if name.endswith(".npz")
+    ) if os.path.isdir(root) else []  # fmt: skip
+    if not files:
+        raise BadInputError(f"{root}: no per-person .npz files (the DexYCB joints) found")
+    sources = open_sources(files)
+    base = os.path.basename(os.path.normpath(root))
+    for src in sources:
+        src.files = src.files or [src.path]  # hash the real file, record the short name
+        src.path = f"{base}/{os.path.basename(src.path)}"
+    return sources
+
+
+def build_default_limits(folder: str | None = None) -> Limits:
+    """Fit the packaged default limits on the real people of ``folder`` (deterministic)."""
     extra: dict[str, str | int | float | bool] = {
-        "origin": "bmc_calib.default_bundle.build_default_limits (synthetic subjects)",
+        "origin": "bmc_calib.default_bundle.build_default_limits (real data)",
+        "data": DATA_NAME,
+        "data_licence": DATA_LICENCE,
+    }
+    return fit_limits(real_sources(folder), FitOptions(), extra_parameters=extra)
+
+
+def build_synthetic_limits() -> Limits:
+    """Fit limits on the synthetic people (deterministic; about two seconds)."""
+    extra: dict[str, str | int | float | bool] = {
+        "origin": "bmc_calib.default_bundle.build_synthetic_limits (synthetic subjects)",
         "synthetic_subjects": SUBJECTS,
         "synthetic_subject_seed": SUBJECT_SEED,
         "synthetic_poses_per_subject": POSES_PER_SUBJECT,
@@ -117,7 +165,7 @@ def build_default_limits() -> Limits:
         "synthetic_noise_mm": NOISE_MM,
         "synthetic_glitch_fraction": GLITCH_FRACTION,
     }
-    return fit_limits(default_sources(), FitOptions(), extra_parameters=extra)
+    return fit_limits(synthetic_sources(), FitOptions(), extra_parameters=extra)
 
 
 def packaged_path() -> contextlib.AbstractContextManager[os.PathLike[str]]:
@@ -140,9 +188,9 @@ def choose_bundle(path: str | os.PathLike[str] | None = None) -> BundleChoice:
 
     The content digest is verified: a modified bundle raises :class:`BadInputError`.
     """
-    if path is not None:
+    if path is not None and os.fspath(path) != DEFAULT_NAME:
         return _read(os.fspath(path), ORIGIN_OPTION)
-    if os.path.isfile(LOCAL_NAME):
+    if path is None and os.path.isfile(LOCAL_NAME):
         return _read(os.path.join(".", LOCAL_NAME), ORIGIN_LOCAL)
     with packaged_path() as packaged:
         if not os.path.isfile(packaged):
@@ -168,13 +216,14 @@ def main(argv: list[str] | None = None) -> None:
     """Rebuild the default bundle (see the module docstring)."""
     parser = argparse.ArgumentParser(description="Rebuild the packaged default limits bundle.")
     parser.add_argument("-o", "--output", help="where to write (default: the packaged file)")
+    parser.add_argument("--data", help=f"folder of per-person files (default {DATA_FOLDER})")
     args = parser.parse_args(argv)
     if args.output is None:
         with packaged_path() as packaged:
             target = os.fspath(packaged)
     else:
         target = args.output
-    digest = bundle.write_bundle(build_default_limits(), target, force=True)
+    digest = bundle.write_bundle(build_default_limits(args.data), target, force=True)
     sys.stdout.write(f"{digest}  {target}\n")
 
 

@@ -64,7 +64,8 @@ class EditedPoses:
 def apply_edit(features: Features, kind: str, seed: int = 0) -> EditedPoses:
     """Apply edit ``kind`` (one of :data:`EDIT_KINDS`) to every pose of ``features``.
 
-    Deterministic in ``seed``. Degenerate poses are copied unchanged with ``applies`` False.
+    Deterministic in ``seed``. Poses without a target (degenerate ones; for
+    ``finger_mirrored`` those with no flexed finger) are copied unchanged, ``applies`` False.
     """
     if kind not in EDIT_KINDS:
         raise ValueError(f"unknown edit {kind!r}; known: {', '.join(EDIT_KINDS)}")
@@ -94,9 +95,8 @@ def apply_edit(features: Features, kind: str, seed: int = 0) -> EditedPoses:
             ids = 5 * level + finger
             fa[rows, ids, 0] = np.where(applies, -fa[rows, ids, 0], fa[rows, ids, 0])
     fa[..., 0] = _wrap(fa[..., 0])
-    keep = np.asarray(features.degenerate, dtype=bool)
-    fa = np.where(keep[:, None, None], features.flexion_abduction, fa)
-    lengths = np.where(keep[:, None], features.bone_length, lengths)
+    fa = np.where(applies[:, None, None], fa, features.flexion_abduction)  # untouched copies
+    lengths = np.where(applies[:, None], lengths, features.bone_length)
     edited = replace(
         features,
         flexion_abduction=fa.astype(features.flexion_abduction.dtype, copy=False),

@@ -107,9 +107,7 @@ class FitOptions:
         if q is not None and not 0.0 < q <= 1.0:
             raise UsageError("the tolerance quantile must be in (0, 1]")
         if not 0.0 < self.person_confidence < 1.0:
-            raise UsageError(
-                f"--person-confidence must be in (0, 1), got {self.person_confidence}"
-            )
+            raise UsageError(f"--person-confidence must be in (0, 1), got {self.person_confidence}")
 
     @property
     def quantile(self) -> float:

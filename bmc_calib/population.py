@@ -188,28 +188,49 @@ def _canonical(vertices: np.ndarray) -> np.ndarray:
 def peel(points: np.ndarray, coverage: float) -> np.ndarray:
     """The points left after peeling convex-hull layers until a fraction ``coverage`` remains.
 
-    Onion peeling: drop the exact hull's vertices, repeat. The most extreme points go first,
-    so a thin spike of outliers (a short run of bad annotations) is cut where greedy vertex
-    removal, which only ever keeps original extreme points as vertices, cannot cut it. The
-    last layer is taken in part (its points farthest from the centroid first) so that
-    exactly ``ceil(c·M)`` points remain (at least 3). ``points`` ``(M, 2)`` finite.
+    Onion peeling: drop the hull's vertices, recompute the hull, repeat; in the last, partial
+    layer the vertices farthest from the median go first (in units of each axis' spread). Points
+    inside the hull become vertices as the layers go, so a thin spike of outliers (a short
+    run of bad annotations) is cut, where greedy vertex removal, which only ever keeps
+    original extreme points as vertices, cannot cut it. At least 3 points remain;
+    ``points`` ``(M, 2)`` finite.
+
+    Cost: the hulls are taken over a pool of the ``50·(M − c·M) + 64`` points farthest from
+    the median (in units of each axis' spread) plus the hull vertices of the rest: those
+    cannot become vertices while fewer points than the pool holds are removed.
     """
     pts = np.asarray(points, dtype=np.float64)
-    keep_count = max(3, math.ceil(coverage * len(pts) - 1e-9))
-    alive = np.ones(len(pts), dtype=bool)
-    while alive.sum() > keep_count:
+    n = len(pts)
+    keep_count = max(3, math.ceil(coverage * n - 1e-9))
+    remove = n - keep_count
+    if remove <= 0:
+        return pts
+    spread = np.maximum(pts.std(axis=0), 1e-12)
+    far = np.sum(((pts - np.median(pts, axis=0)) / spread) ** 2, axis=1)
+    order = np.argsort(far, kind="stable")
+    inner = order[: max(n - (50 * remove + 64), 0)]
+    pool = order[len(inner) :]
+    if inner.size >= 3:
+        try:
+            pool = np.concatenate([pool, inner[ConvexHull(pts[inner]).vertices]])
+        except QhullError:
+            pool = order
+    alive = np.ones(len(pool), dtype=bool)
+    removed = 0
+    while removed < remove:
         idx = np.flatnonzero(alive)
         try:
-            vertices = idx[ConvexHull(pts[idx]).vertices]
+            ring = ConvexHull(pts[pool[idx]]).vertices  # counter-clockwise
         except QhullError:
             break
-        excess = int(alive.sum()) - keep_count
-        if vertices.size > excess:  # partial layer: farthest from the centroid first
-            centre = pts[idx].mean(axis=0)
-            far = np.argsort(-np.sum((pts[vertices] - centre) ** 2, axis=1), kind="stable")
-            vertices = vertices[far[:excess]]
-        alive[vertices] = False
-    return pts[alive]
+        left = remove - removed
+        if len(ring) > left:  # partial layer: the farthest vertices first
+            ring = ring[np.argsort(-far[pool[idx[ring]]], kind="stable")[:left]]
+        alive[idx[ring]] = False
+        removed += len(ring)
+    dead = np.zeros(n, dtype=bool)
+    dead[pool[~alive]] = True
+    return pts[~dead]
 
 
 def group_hull(points: np.ndarray, coverage: float, rdp_epsilon: float) -> np.ndarray:

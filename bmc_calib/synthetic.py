@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bmc_calib import skeleton
+from bmc_calib import hand_model, skeleton
 
 __all__ = [
     "RANGES",
@@ -42,6 +42,7 @@ __all__ = [
     "generate",
     "level0_frames",
     "make_subjects",
+    "place_angles",
     "ranges_radians",
     "sample_angles",
 ]
@@ -258,26 +259,47 @@ class Subject:
 def make_subjects(count: int = 5, seed: int = 0) -> list[Subject]:
     """``count`` subjects with different proportions, deterministic in ``seed``.
 
-    Each subject scales a typical adult hand by a size factor uniform in 0.85..1.15 (±15 %),
-    then varies palm width (x), palm length (y), each finger's length and each phalanx by a
-    few per cent (normal, σ = 3–4 %, clipped to ±10 %), and turns the thumb base by a few
-    degrees. Subject ``i`` does not depend on ``count``. Names are ``subject_01``, ….
+    Drawn from real hands (:mod:`bmc_calib.hand_model`, 14 measured hands): a subject's 30
+    parameters (root bones in the hand frame, finger bone lengths) are the mean real hand
+    plus a random combination of the real hands' deviations from it, with weights
+    ``N(0, 1 / (H − 1))``, so subjects have the real between-person covariance (size,
+    proportions and palm shape together). Subject ``i`` does not depend on ``count``.
+    Names are ``subject_01``, ….
     """
+    model = hand_model.packaged()
+    mean = model.mean
+    deviation = model.hands - mean  # (H, 30)
+    h = deviation.shape[0]
     subjects = []
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(count)):
         rng = np.random.default_rng(child)
-        size = rng.uniform(0.85, 1.15)
-        palm_width, palm_length = 1.0 + np.clip(rng.normal(0.0, 0.04, 2), -0.1, 0.1)
-        finger_scale = 1.0 + np.clip(rng.normal(0.0, 0.03, 5), -0.1, 0.1)
-        phalanx_scale = 1.0 + np.clip(rng.normal(0.0, 0.03, 15), -0.1, 0.1)
-        thumb_turn = np.deg2rad(np.clip(rng.normal(0.0, 4.0), -10.0, 10.0))
-
-        root = _TEMPLATE_ROOT * np.array([palm_width, palm_length, 1.0])
-        c, s = np.cos(thumb_turn), np.sin(thumb_turn)
-        root[0] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ root[0]
-        fingers = _TEMPLATE_FINGERS * np.tile(finger_scale, 3) * phalanx_scale
-        subjects.append(Subject(f"subject_{i + 1:02d}", size * root, size * fingers))
+        weights = rng.standard_normal(h) / np.sqrt(max(h - 1, 1))
+        params = mean + weights @ deviation
+        root = params[:15].reshape(5, 3)
+        fingers = np.maximum(params[15:], 0.5 * mean[15:])
+        subjects.append(Subject(f"subject_{i + 1:02d}", root, fingers))
     return subjects
+
+
+def place_angles(angles: np.ndarray) -> np.ndarray:
+    """Anatomical angles ``(..., 15, 2)`` (:func:`sample_angles`) placed as real annotations.
+
+    The angles of :func:`sample_angles` are anatomical (published ranges, hinge joints with
+    zero abduction). Measured in the DESIGN §4 frames, real annotations place joints
+    differently (a real index DIP shows ~13° of frame abduction at rest; real finger PIPs
+    flex to about 100°, real thumb IPs to about 60°). Each component with a published range
+    is mapped linearly from that range onto the real 0.5–99.5 % range of
+    :mod:`bmc_calib.hand_model`; a component with no range (hinge abduction) is shifted to
+    the real median.
+    """
+    model = hand_model.packaged()
+    published = ranges_radians()  # (15, 2, 2)
+    lo, hi = published[..., 0], published[..., 1]
+    real_lo, real_hi = model.angle_range[..., 0], model.angle_range[..., 1]
+    width = hi - lo
+    scale = np.where(width > 0, (real_hi - real_lo) / np.where(width > 0, width, 1.0), 1.0)
+    shift = np.where(width > 0, real_lo - lo * scale, model.angle_median)
+    return np.asarray(angles) * scale + shift
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,16 +393,23 @@ def _rotate_about_axis(v: np.ndarray, axis: np.ndarray, angle: np.ndarray) -> np
     return c * v + s * np.cross(axis, v) + (1.0 - c) * (v @ axis)[:, None] * axis
 
 
+#: How much the palm moves from pose to pose (1 = the full cupping model below). The real
+#: hands the subjects come from are measured with a rigid palm (MANO), so the synthetic palm
+#: moves only a little around the measured one.
+PALM_MOTION = 0.1
+
+
 def _cupped_roots(subject: Subject, n: int, rng: np.random.Generator) -> np.ndarray:
     """Per-pose root bones ``(n, 5, 3)``: the palm cups by rotating roots about the wrist.
 
     A per-pose cupping amount ``u`` in 0..1 turns the ring / little root bones about the hand's
     long axis (+y) by ``4u`` / ``8u`` degrees towards the palm and the thumb root by ``10u``
-    degrees towards the palm, plus independent jitter (σ = 1–3°, clipped) on every root;
-    every turn stays under 15°, so no two root bones become parallel.
+    degrees towards the palm, plus independent jitter (σ = 1–3°, clipped) on every root,
+    all scaled by :data:`PALM_MOTION`; every turn stays under 15°, so no two root bones
+    become parallel.
     """
-    cup = np.clip(rng.normal(0.4, 0.3, n), 0.0, 1.0)
-    jitter = np.clip(rng.normal(0.0, 1.0, (n, 5, 2)), -2.5, 2.5)
+    cup = PALM_MOTION * np.clip(rng.normal(0.4, 0.3, n), 0.0, 1.0)
+    jitter = PALM_MOTION * np.clip(rng.normal(0.0, 1.0, (n, 5, 2)), -2.5, 2.5)
     y_axis = np.array([0.0, 1.0, 0.0])
     z_axis = np.array([0.0, 0.0, 1.0])
     about_y = np.deg2rad(np.array([-10.0, 0.0, 0.0, 4.0, 8.0]) * cup[:, None] + jitter[..., 0])
@@ -454,10 +483,12 @@ def generate(
     glitch_fraction: float = 0.03,
     left_fraction: float = 0.0,
     noise_mm: float = 0.0,
+    placement: bool = True,
 ) -> SyntheticPoses:
     """``n`` synthetic poses of ``subject``, deterministic in ``seed``.
 
-    Per pose: angles from :func:`sample_angles`, a cupped palm (root bones turned a few degrees
+    Per pose: angles from :func:`sample_angles` (placed by :func:`place_angles` unless
+    ``placement`` is False), a cupped palm (root bones turned a few degrees
     about the wrist), forward kinematics, a uniformly random rotation and a camera-like
     translation (x, y in ±150 mm, z in 300..700 mm), then annotation noise (independent
     Gaussian, σ = ``noise_mm`` per coordinate; 0 = exact joints). Then
@@ -477,6 +508,8 @@ def generate(
     angle_rng, palm_rng, pose_rng, glitch_rng, left_rng, noise_rng = streams
 
     angles = sample_angles(n, angle_rng)
+    if placement:
+        angles = place_angles(angles)
     roots = _cupped_roots(subject, n, palm_rng)
     joints = forward_kinematics(roots, angles, subject.finger_lengths)
 
