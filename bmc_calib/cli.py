@@ -289,6 +289,22 @@ def fit(
     coverage: Annotated[
         float, typer.Option("--coverage", help="Fraction of data inside the limits.")
     ] = 0.999,
+    person_confidence: Annotated[
+        float,
+        typer.Option(
+            "--person-confidence",
+            help="Probability that a new person's bone lengths and palm all lie inside "
+            "their intervals (see docs/method.md).",
+        ),
+    ] = 0.99,
+    tolerance_quantile: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance-quantile",
+            help="Quantile of held-out joint-angle distances taken as tolerance "
+            "(default: the coverage).",
+        ),
+    ] = None,
     group_by: Annotated[
         str,
         typer.Option(
@@ -320,6 +336,8 @@ def fit(
             normalization=normalization,
             group_by=group_by,
             reject_glitches=not no_glitch_rejection,
+            person_confidence=person_confidence,
+            tolerance_quantile=tolerance_quantile,
         )
         check_writable(output, force)
         sources = _open(files, layout, hand, fmt, key, side, unit)
@@ -332,7 +350,9 @@ def fit(
             limits = fit_limits(sources, options, progress, extra_parameters=extra)
         digest = bundle.write_bundle(limits, output, force=force)
         result = summary.fit_summary(limits, str(output), digest)
-        result["hints"] = summary.fit_hints(sources, group_by)
+        result["hints"] = summary.fit_hints(sources, group_by) + summary.glitch_hints(
+            sources, limits, options.glitch_max_deviation
+        )
         return result
 
     result = run()
@@ -607,6 +627,14 @@ def validate(
         typer.Option("--unit", help="Length unit (mm, cm, m) of files that do not say it (--gt)."),
     ] = None,
     worst: Annotated[int, typer.Option("--worst", help="How many worst poses to list.")] = 10,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by",
+            help="Personal bone check per group: label (the data's subject/sequence labels, "
+            "else the file), file, none (all poses one group) or off.",
+        ),
+    ] = "label",
     force: Force = False,
 ) -> None:
     """Check each pose: plausible, implausible (which joint, by how much) or degenerate."""
@@ -617,6 +645,7 @@ def validate(
     def run() -> dict[str, Any]:
         validation.check_fail_on(fail_on)
         validation.check_tolerance_scale(tolerance_scale)
+        validation.check_group_by(group_by)
         if worst < 0:
             raise UsageError(f"--worst must be >= 0, got {worst}")
         if report is not None:
@@ -637,6 +666,7 @@ def validate(
                 report=report,
                 force=force,
                 progress=progress,
+                group_by=None if group_by == "off" else group_by,
             )
         return summary.validate_summary(result, choice, fail_on)
 

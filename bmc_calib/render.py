@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bmc_calib.edits import EDIT_LABELS
+
 
 def _pct(x: Any) -> str:
     return "–" if x is None else f"{100.0 * float(x):.1f} %"
@@ -71,7 +73,10 @@ def interval_table(title: str, rows: list[dict[str, Any]], unit: str, digits: in
 
 
 def joint_angle_table(rows: list[dict[str, Any]]) -> Table:
-    t = _table("Joint-angle regions [deg]; vertices exact/RDP/final")
+    t = _table(
+        "Joint-angle regions [deg]: flexion and abduction extent of the stored region; "
+        "vertices exact/RDP/final"
+    )
     cols = ("joint", "vertices", "cover%", "area", "flexion", "abduction", "centre", "tol")
     for col in cols:
         t.add_column(col, justify="left" if col == "joint" else "right", no_wrap=True)
@@ -80,7 +85,8 @@ def joint_angle_table(rows: list[dict[str, Any]]) -> Table:
             str(r[k]) for k in ("exact_hull_vertices", "rdp_hull_vertices", "hull_vertices")
             if k in r
         )  # fmt: skip
-        fr, ar = r["flexion_range_deg"], r["abduction_range_deg"]
+        fr = r.get("region_flexion_deg", r["flexion_range_deg"])
+        ar = r.get("region_abduction_deg", r["abduction_range_deg"])
         t.add_row(
             _text(r["name"]),
             verts,
@@ -105,13 +111,41 @@ def limits_tables(console: Console, limits: dict[str, Any]) -> None:
 def heldout_lines(console: Console, stats: dict[str, Any]) -> None:
     method = stats.get("tolerance_method", "")
     console.print(f"Tolerances: {_text(method)}", highlight=False)
+    if "person_level_method" in stats:
+        console.print(
+            f"Bone lengths and palm: {_text(stats['person_level_method'])}; "
+            f"{stats.get('person_level_people')} people, {stats.get('person_level_hands')} "
+            f"hands, k = {float(stats.get('person_level_factor', 0)):.2f}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if "heldout_false_flag_rate_mean" in stats:
         console.print(
             "Held-out false-flag rate on an unseen group: "
             f"mean {_pct(stats['heldout_false_flag_rate_mean'])}, "
             f"worst {_pct(stats['heldout_false_flag_rate_max'])} "
-            f"(without tolerances: {_pct(stats.get('heldout_flag_rate_without_tolerance_mean'))})"
+            f"(without tolerances: {_pct(stats.get('heldout_flag_rate_without_tolerance_mean'))})",
+            highlight=False,
+            soft_wrap=True,
         )
+        families = [
+            f"{f.replace('_', ' ')} {_pct(stats[f'heldout_false_flag_rate_{f}_mean'])}"
+            for f in ("bone_length", "palm_curvature", "palm_angle", "joint_angle")
+            if f"heldout_false_flag_rate_{f}_mean" in stats
+        ]
+        if families:
+            console.print("  by family (mean): " + ", ".join(families), highlight=False)
+        caught = [
+            f"{label} {_pct(stats[f'heldout_edit_caught_{kind}_mean'])}"
+            for kind, label in EDIT_LABELS.items()
+            if f"heldout_edit_caught_{kind}_mean" in stats
+        ]
+        if caught:
+            console.print(
+                "Impossible edits of held-out poses caught (mean): " + ", ".join(caught),
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def fit_report(console: Console, summary: dict[str, Any]) -> None:
@@ -290,7 +324,21 @@ def validate_report(console: Console, summary: dict[str, Any]) -> None:
             if rec["poses"]
         ]
         console.print("  Procrustes MPJPE by verdict: " + ", ".join(parts), highlight=False)
+    own = summary.get("personal_check")
+    if own:
+        worst = sorted(own["bones"], key=lambda b: -b["poses"])[:3]
+        named = ", ".join(f"{b['name']} {b['poses']}" for b in worst if b["poses"])
+        console.print(
+            f"Personal bone check (--group-by {own['group_by']}, {own['groups']} groups): "
+            f"{own['poses']} poses ({_pct(own['rate'])}) have a bone more than "
+            f"{100 * min(b['allowance'] for b in own['bones']):.0f} % off their group's own "
+            "length" + (f" ({named})" if named else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     tolerance_lines(console, summary)
+    if summary.get("diagnosis"):
+        console.print(f"hint: {_text(summary['diagnosis'])}", highlight=False, soft_wrap=True)
     verdict = "[red]FAIL[/red]" if summary["failed"] else "[green]OK[/green]"
     console.print(
         f"{verdict}: {summary['plausible']} of {summary['poses']} poses plausible, "
@@ -312,13 +360,21 @@ def tolerance_lines(console: Console, summary: dict[str, Any]) -> None:
     b = summary["bundle"]
     scale = summary["tolerance_scale"]
     method = b["tolerance_method"]
+    observed = summary["rates"]["implausible"]
     if method == "leave-one-group-out":
         console.print(
             f"Tolerances: bundle's leave-one-group-out estimates over {b['heldout_groups']} "
-            f"groups × {scale:g}. Expected false-flag rate on an unseen person (held-out, at "
-            f"× 1): mean {_pct(b['heldout_false_flag_rate_mean'])}, worst "
-            f"{_pct(b['heldout_false_flag_rate_max'])}"
-            + ("" if scale == 1 else "; a smaller scale flags more, a larger one fewer"),
+            f"groups × {scale:g}. Measured on the bundle's own people, each held out in turn "
+            f"(at × 1): mean {_pct(b['heldout_false_flag_rate_mean'])}, worst "
+            f"{_pct(b['heldout_false_flag_rate_max'])} of a new person's real poses flagged; "
+            f"here: {_pct(observed)}"
+            + ("" if scale == 1 else "; a smaller scale flags more, a larger one fewer")
+            + (
+                " (far more: the data may not match the bundle's)"
+                if b["heldout_false_flag_rate_max"] is not None
+                and observed > 5 * max(float(b["heldout_false_flag_rate_max"]), 0.01)
+                else ""
+            ),
             highlight=False,
             soft_wrap=True,
         )

@@ -65,6 +65,14 @@ def joint_angle_summary(limits: Limits) -> list[dict[str, Any]]:
             "hull_area_deg2": float(ja.area[a] * deg * deg),
             "coverage": float(ja.coverage[a]),
             "tolerance_deg": float(ja.tolerance[a] * deg),
+            # the stored region's extent (what validate checks against) ...
+            "region_flexion_deg": _floats(
+                np.array([ja.hulls[a][:, 0].min(), ja.hulls[a][:, 0].max()]) * deg
+            ),
+            "region_abduction_deg": _floats(
+                np.array([ja.hulls[a][:, 1].min(), ja.hulls[a][:, 1].max()]) * deg
+            ),
+            # ... and the coverage quantile box (the independent-limits variant)
             "flexion_range_deg": _floats(np.array([ja.box_min[a, 0], ja.box_max[a, 0]]) * deg),
             "abduction_range_deg": _floats(np.array([ja.box_min[a, 1], ja.box_max[a, 1]]) * deg),
         }
@@ -121,8 +129,52 @@ def fit_summary(limits: Limits, output: str, digest: str) -> dict[str, Any]:
         "tolerance_method": str(stats.get("tolerance_method", "")),
         "heldout_false_flag_rate_mean": _jsonable(stats.get("heldout_false_flag_rate_mean")),
         "heldout_false_flag_rate_max": _jsonable(stats.get("heldout_false_flag_rate_max")),
+        "heldout": heldout_summary(limits),
         "limits": limits_summary(limits),
     }
+
+
+def heldout_summary(limits: Limits) -> dict[str, Any] | None:
+    """The nested leave-one-group-out figures: false flags per family, edits caught."""
+    from bmc_calib import edits
+    from bmc_calib.violations import FAMILIES
+
+    stats = limits.statistics
+    if "heldout_false_flag_rate_mean" not in stats:
+        return None
+    out: dict[str, Any] = {
+        "groups": _jsonable(stats.get("heldout_groups")),
+        "false_flag_rate": {
+            "all": {
+                "mean": _jsonable(stats.get("heldout_false_flag_rate_mean")),
+                "max": _jsonable(stats.get("heldout_false_flag_rate_max")),
+                "per_group": _jsonable(stats.get("heldout_false_flag_rate")),
+            },
+        },
+        "edits_caught": {},
+        "person_level": {
+            "method": _jsonable(stats.get("person_level_method")),
+            "factor": _jsonable(stats.get("person_level_factor")),
+            "people": _jsonable(stats.get("person_level_people")),
+            "hands": _jsonable(stats.get("person_level_hands")),
+            "confidence": _jsonable(limits.provenance.parameters.get("person_confidence")),
+        },
+    }
+    for family in FAMILIES:
+        per = stats.get(f"heldout_false_flag_rate_{family}")
+        if per is not None:
+            arr = np.asarray(per, dtype=float)
+            out["false_flag_rate"][family] = {
+                "mean": float(arr.mean()), "max": float(arr.max()), "per_group": _jsonable(arr)
+            }  # fmt: skip
+    for kind in edits.EDIT_KINDS:
+        if f"heldout_edit_caught_{kind}_mean" in stats:
+            out["edits_caught"][kind] = {
+                "label": edits.EDIT_LABELS[kind],
+                "mean": _jsonable(stats[f"heldout_edit_caught_{kind}_mean"]),
+                "min": _jsonable(stats[f"heldout_edit_caught_{kind}_min"]),
+            }
+    return out
 
 
 def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
@@ -145,6 +197,29 @@ def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
     ]
 
 
+def glitch_hints(sources: Sequence[Any], limits: Limits, max_deviation: float) -> list[str]:
+    """Advice after a fit that rejected many frames as glitches: another reading of the
+    inputs (layout) under which far fewer frames break the glitch rule, when there is one."""
+    from bmc_calib import diagnose
+    from bmc_calib.errors import UsageError
+
+    stats = limits.statistics
+    read = int(stats.get("frames_read", 0))
+    rejected = int(stats.get("rejected_bone_length_outlier", 0))
+    if not read or rejected / read < diagnose.GLITCH_SHARE:
+        return []
+    sample, layout = diagnose.first_frames(list(sources))
+    try:
+        found = diagnose.glitch_mismatch(sample, layout, max_deviation)
+    except UsageError:
+        found = None
+    text = f"{100 * rejected / read:.1f} % of the frames were rejected as glitches"
+    if found is not None and found.better:
+        name, share = found.better[0]
+        return [f"{text}; read {name}, only {100 * share:.1f} % of the first frames would be"]
+    return [f"{text}: check --layout (the joint order) and the data's units"]
+
+
 def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
     """What ``bmc-calib inspect --json`` prints: the bundle's header plus its contents."""
     return {
@@ -157,6 +232,32 @@ def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
         "content_digest_computed": info.digest_computed,
         "digest_ok": bool(info.digest_ok),
         **limits_summary(limits),
+    }
+
+
+def _personal(result: Any) -> dict[str, Any] | None:
+    """The personal bone check's figures (None when it was off)."""
+    from bmc_calib import personal, skeleton
+
+    if result.personal_group_by is None:
+        return None
+    n = result.poses
+    allowed = personal.allowance(result.limits)
+    counts = result.personal_item_poses
+    return {
+        "group_by": result.personal_group_by,
+        "groups": int(result.personal_groups),
+        "poses": int(result.personal_poses),
+        "rate": result.personal_poses / n if n else 0.0,
+        "bones": [
+            {
+                "name": name,
+                "poses": int(counts[k]) if counts is not None else 0,
+                "allowance": float(allowed[k]),
+                "max": float(result.personal_item_max[k]) if counts is not None else 0.0,
+            }
+            for k, name in enumerate(skeleton.BONE_NAMES)
+        ],
     }
 
 
@@ -263,6 +364,8 @@ def validate_summary(result: Any, choice: Any, fail_on: str) -> dict[str, Any]:
             "heldout_false_flag_rate_max": _jsonable(stats.get("heldout_false_flag_rate_max")),
         },
         "accuracy": None,
+        "personal_check": _personal(result),
+        "diagnosis": result.mismatch,
     }
     acc = result.accuracy
     if acc is not None:

@@ -40,7 +40,7 @@ from typing import IO
 
 import numpy as np
 
-from bmc_calib import metrics, personal, skeleton
+from bmc_calib import diagnose, metrics, personal, skeleton
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.formats import Chunk, Source
 from bmc_calib.kinematics import (
@@ -108,6 +108,13 @@ def check_fail_on(fail_on: str) -> str:
     if fail_on not in FAIL_ON:
         raise UsageError(f"--fail-on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
     return fail_on
+
+
+def check_group_by(group_by: str) -> str:
+    """``--group-by`` of validate: a :data:`bmc_calib.personal.GROUP_BY` value or ``off``."""
+    if group_by not in (*personal.GROUP_BY, "off"):
+        raise UsageError(f"--group-by must be one of {', '.join(personal.GROUP_BY)}, off")
+    return group_by
 
 
 def check_tolerance_scale(scale: float) -> float:
@@ -218,6 +225,8 @@ class Validation:
     personal_poses: int = 0
     personal_item_poses: np.ndarray | None = None
     personal_item_max: np.ndarray | None = None
+    #: one line when most poses break the same items (:mod:`bmc_calib.diagnose`)
+    mismatch: str | None = None
 
     def count(self, verdict: str) -> int:
         """Number of poses with this verdict."""
@@ -775,7 +784,19 @@ def validate_sources(
     if groups is not None:
         result.personal_group_by = groups.group_by
         result.personal_groups = len(groups.index)
+    if result.poses and result.count("plausible") / result.poses <= 1 - diagnose.MISMATCH_SHARE:
+        result.mismatch = _mismatch(sources, limits)
     return result
+
+
+def _mismatch(sources: Sequence[Source], limits: Limits) -> str | None:
+    """The diagnosis line for poses that mostly fail (first frames of the inputs)."""
+    sample, layout = diagnose.first_frames(list(sources))
+    try:
+        found = diagnose.validation_mismatch(sample, layout, limits)
+    except UsageError:  # a layout name the registry does not know: no alternatives
+        return None
+    return None if found is None else found.message()
 
 
 def _check_frame_totals(sources: Sequence[Source], gt: Sequence[Source]) -> None:

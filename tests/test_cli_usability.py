@@ -327,7 +327,7 @@ def test_15_errors_are_one_line_starting_with_error(runner, tmp_path) -> None:
 def test_15_table_titles_keep_their_brackets(runner) -> None:
     result = runner.invoke(app, ["inspect", str(GOLDEN)])
     for title in ("Bone lengths [relative]", "Palm angles [deg]",
-                  "Joint-angle regions [deg]; vertices exact/RDP/final"):  # fmt: skip
+                  "Joint-angle regions [deg]: flexion and abduction"):  # fmt: skip
         assert title in result.stderr
 
 

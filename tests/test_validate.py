@@ -192,7 +192,7 @@ CASES = {
         "little_mcp",
         "flexion",
         ("little MCP bent", "further than its region allows"),
-        (45.0, 60.0),  # published maximum 90°
+        (40.0, 60.0),  # published maximum 90°, the region reaches ~100° (noise)
     ),
     "thumb pushed away from the index": (
         lambda: with_angle(0, 1, 70.0),
@@ -541,7 +541,7 @@ def test_human_summary_on_stderr(runner, synthetic_local, files) -> None:
     assert result.exit_code == 1 and result.stdout == ""
     err = result.stderr
     for text in ("Verdicts", "implausible", "index MCP", "Worst poses:", "frame 17 (file",
-                 "Degenerate poses: 1", "non_finite", "false-flag rate", "FAIL"):  # fmt: skip
+                 "Degenerate poses: 1", "non_finite", "real poses flagged", "FAIL"):  # fmt: skip
         assert text in err, text
 
 
