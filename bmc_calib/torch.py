@@ -49,7 +49,7 @@ except ModuleNotFoundError as exc:  # the optional extra is not installed
         "bmc_calib.torch needs PyTorch, which is not installed: pip install 'bmc-calib[torch]'"
     ) from exc
 
-from bmc_calib import kinematics, skeleton, synthetic
+from bmc_calib import kinematics, personal, skeleton, synthetic
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.limits import Limits
 
@@ -391,6 +391,50 @@ def _flat_features(
     return (*(_zero_degenerate(f, keep) for f in _features(safe)), degenerate, keep)
 
 
+def _group_ids(group: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Any integer labels ``(N,)`` → dense ids ``0 … G−1`` ``(N,)``, without reading values on
+    the host (a stable sort and a cumulative sum; shapes never depend on the data)."""
+    labels = torch.as_tensor(group, device=device).reshape(n).to(torch.int64)
+    order = torch.argsort(labels, stable=True)
+    ordered = labels[order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    dense = torch.cumsum(first.to(torch.int64), 0) - 1
+    return torch.empty_like(dense).scatter_(0, order, dense)
+
+
+def _own_group_median(
+    values: torch.Tensor, dense: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Each pose's own-group median ``(K, N)`` of ``values`` ``(K, N)``, as ``numpy.median``
+    (the mean of the two middle values for even counts); degenerate poses (``keep`` 0) are
+    left out of every median. Vectorised: sort by value, then stably by group."""
+    n = values.shape[1]
+    dense = torch.where(keep > 0, dense, torch.full_like(dense, n))  # a group of their own
+    counts = torch.zeros(n + 1, dtype=torch.int64, device=values.device)
+    counts = counts.index_add(0, dense, torch.ones_like(dense))
+    start = torch.cumsum(counts, 0) - counts
+    by_value = torch.argsort(values, dim=1, stable=True)  # (K, N)
+    by_group = torch.argsort(dense[by_value], dim=1, stable=True)
+    ordered = torch.gather(values, 1, torch.gather(by_value, 1, by_group))
+    own_count, own_start = counts[dense], start[dense]
+    lo = own_start + torch.div(own_count - 1, 2, rounding_mode="floor")
+    hi = own_start + torch.div(own_count, 2, rounding_mode="floor")
+    return 0.5 * (ordered[:, lo] + ordered[:, hi])
+
+
+def _personal_magnitudes(
+    length: torch.Tensor, keep: torch.Tensor, group: torch.Tensor, allowance: torch.Tensor
+) -> torch.Tensor:
+    """``(20, N)`` ``max(|x / own median − 1| − allowance, 0)``, 0 for degenerate poses
+    (:mod:`bmc_calib.personal`)."""
+    dense = _group_ids(group, length.shape[1], length.device)
+    median = _own_group_median(length, dense, keep)
+    safe = torch.where(median > 0, median, torch.ones_like(median))
+    dev = torch.relu(torch.abs(length / safe - 1.0) - allowance)
+    return _zero_degenerate(dev, keep)
+
+
 def _zero_degenerate(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``value`` ``(K, N)`` with the columns of degenerate poses (``keep`` ``(N,)`` = 0) set to 0.
 
@@ -660,6 +704,8 @@ class BMCLoss(nn.Module):
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (see :meth:`forward`).
         use_tolerance: when true the hinge starts at each item's stored tolerance
             (``max(magnitude − tolerance, 0)``) instead of at the limit itself.
+        personal_weight: weight of the personal bone term, used for batches that pass
+            ``group`` (see :meth:`forward`).
 
     Per pose and item, magnitudes ``m`` are those of :func:`bmc_calib.violations.
     compute_violations` (see :meth:`magnitudes`). Per pose, term losses are
@@ -682,9 +728,13 @@ class BMCLoss(nn.Module):
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         reduction: str = "mean",
         use_tolerance: bool = False,
+        personal_weight: float = 1.0,
     ) -> None:
         super().__init__()
         weights = tuple(float(w) for w in weights)
+        if not (math.isfinite(personal_weight) and personal_weight >= 0):
+            raise UsageError(f"personal_weight must be a finite number >= 0, got {personal_weight}")
+        self.personal_weight = float(personal_weight)
         if len(weights) != len(TERMS) or not all(math.isfinite(w) and w >= 0 for w in weights):
             raise UsageError(
                 f"weights must be {len(TERMS)} finite numbers >= 0 for {', '.join(TERMS)}, "
@@ -723,6 +773,7 @@ class BMCLoss(nn.Module):
         buffer("hull_tolerance", tables["tolerance"])
         buffer("hull_edges", _edge_rows(tables))
         buffer("template", _template_hand().T[:, :, None], persistent=False)
+        buffer("personal_allowance", personal.allowance(limits)[:, None])
         # float32 shadows of what forward reads: casting float64 buffers inside a compiled
         # graph converts them once per element of every loop that reads them
         for name in _FORWARD_BUFFERS:
@@ -762,7 +813,10 @@ class BMCLoss(nn.Module):
         return getattr(self, name).to(dtype)
 
     def _flat_magnitudes(
-        self, joints: torch.Tensor, is_left: torch.Tensor | bool | None
+        self,
+        joints: torch.Tensor,
+        is_left: torch.Tensor | bool | None,
+        group: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[int, ...]]:
         """Magnitudes item-first ``{family: (K, N)}``, degenerate ``(N,)`` and the batch shape."""
         j, batch = _prepare(joints, is_left)
@@ -802,29 +856,42 @@ class BMCLoss(nn.Module):
             "palm_angle": _zero_degenerate(palm, keep),
             "joint_angle": _zero_degenerate(joint, keep),
         }
+        if group is not None:
+            magnitudes["personal"] = _personal_magnitudes(
+                length, keep, group, self.personal_allowance.to(dtype)
+            )
         return magnitudes, degenerate, batch
 
     def magnitudes(
-        self, joints: torch.Tensor, is_left: torch.Tensor | bool | None = None
+        self,
+        joints: torch.Tensor,
+        is_left: torch.Tensor | bool | None = None,
+        group: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Violation magnitudes per family, as :func:`bmc_calib.violations.compute_violations`.
 
         Args:
             joints: ``(..., 21, 3)`` poses (see the module docstring for units).
             is_left: bool, broadcastable to the batch shape ``S``; true poses are mirrored.
+            group: optional integer labels of shape ``S`` (a person or sequence per pose);
+                adds ``"personal"`` ``S + (20,)``: each bone's relative deviation from its
+                group's median beyond the bundle's allowance (validate's personal check).
 
         Returns:
             ``{"bone_length": S + (20,), "palm_curvature": S + (4,), "palm_angle": S + (4,),
             "joint_angle": S + (15,), "degenerate": S (bool)}``; magnitudes ``>= 0`` in the
             units of :mod:`bmc_calib.violations`, 0 for degenerate poses. Differentiable.
         """
-        flat, degenerate, batch = self._flat_magnitudes(joints, is_left)
+        flat, degenerate, batch = self._flat_magnitudes(joints, is_left, group)
         out = {name: value.T.reshape(*batch, value.shape[0]) for name, value in flat.items()}
         out["degenerate"] = degenerate.reshape(batch)
         return out
 
     def forward(
-        self, joints: torch.Tensor, is_left: torch.Tensor | bool | None = None
+        self,
+        joints: torch.Tensor,
+        is_left: torch.Tensor | bool | None = None,
+        group: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of ``(..., 21, 3)`` poses.
 
@@ -833,6 +900,10 @@ class BMCLoss(nn.Module):
                 ``reference-bone`` normalisation; the bundle's unit under ``none``).
             is_left: bool tensor broadcastable to the batch shape ``S`` (or a bool); true
                 poses are left hands and are mirrored (x → −x) first.
+            group: optional integer tensor of shape ``S``: which person or sequence each pose
+                belongs to. Adds the term ``"personal"`` = ``personal_weight`` × the mean over
+                bones of each bone's deviation from its group's median length beyond the
+                allowance (vectorised sorts and scatters, no host synchronisation).
 
         Returns:
             ``(total, terms)``: ``terms`` maps ``"bone_length"``, ``"palm"``,
@@ -840,11 +911,13 @@ class BMCLoss(nn.Module):
             ``reduction="none"`` every tensor has shape ``S``, else it is a scalar (batch mean
             or sum). Units: the mixed units of the magnitudes (relative, 1/length, radians).
         """
-        flat, _, batch = self._flat_magnitudes(joints, is_left)
+        flat, _, batch = self._flat_magnitudes(joints, is_left, group)
         if self.use_tolerance:
             dtype = flat["bone_length"].dtype
             flat = {
-                name: torch.relu(value - self._buffer(f"{name}_tolerance", dtype)[:, None])
+                name: value
+                if name == "personal"
+                else torch.relu(value - self._buffer(f"{name}_tolerance", dtype)[:, None])
                 for name, value in flat.items()
             }
         per_pose = {
@@ -853,6 +926,8 @@ class BMCLoss(nn.Module):
             * (flat["palm_curvature"].mean(0) + flat["palm_angle"].mean(0)),
             "joint_angle": self.weights["joint_angle"] * flat["joint_angle"].mean(0),
         }
+        if "personal" in flat:
+            per_pose["personal"] = self.personal_weight * flat["personal"].mean(0)
         if self.reduction == "none":
             terms = {name: value.reshape(batch) for name, value in per_pose.items()}
         elif self.reduction == "sum":
@@ -860,4 +935,6 @@ class BMCLoss(nn.Module):
         else:
             terms = {name: value.mean() for name, value in per_pose.items()}
         total = terms["bone_length"] + terms["palm"] + terms["joint_angle"]
+        if "personal" in terms:
+            total = total + terms["personal"]
         return total, terms

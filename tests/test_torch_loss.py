@@ -702,3 +702,58 @@ def test_example_and_benchmark_run():
     bench = _run_script("benchmarks/bench_loss.py", "--batches", "8", "--modes", "eager",
                         "--devices", "cpu", "--warmup", "1", "--repeat", "2")  # fmt: skip
     assert "fwd+bwd" in bench
+
+
+# --------------------------------------------------------------------------- personal term
+def test_personal_term_matches_validates_personal_check(limits):
+    """With ``group``, the personal magnitudes equal numpy's: own-group median bone lengths
+    (numpy.median, even and odd counts), the same allowance, degenerate poses left out."""
+    from bmc_calib import personal
+
+    rng = np.random.default_rng(5)
+    poses = plausible_poses(40, seed=12)
+    poses[rng.integers(0, 40, 6), 7] += 6.0  # some DIPs moved: longer/shorter phalanges
+    group = rng.integers(0, 5, 40) * 7 - 3  # any integer labels
+    module = BMCLoss(limits)
+    got = module.magnitudes(torch.as_tensor(poses), group=torch.as_tensor(group))["personal"]
+    lengths = kinematics.compute_features(poses).bone_length
+    _, ids = np.unique(group, return_inverse=True)
+    medians = personal.group_medians(lengths, ids, ids.max() + 1)
+    want = personal.personal_violation(lengths, medians[ids], personal.allowance(limits))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
+    assert (want > 0).any()
+
+
+def test_personal_term_is_added_only_with_group_and_never_syncs(limits):
+    module = BMCLoss(limits, personal_weight=2.0)
+    poses = torch.as_tensor(_compile_batch()).requires_grad_(True)
+    _, terms = module(poses)
+    assert "personal" not in terms
+    group = torch.arange(len(poses)) % 3
+    recorder = _RecordOps()
+    with recorder:
+        total, terms = module(poses, group=group)
+        total.backward()
+    assert not recorder.ops & _SYNCING_OPS, recorder.ops & _SYNCING_OPS
+    assert not recorder.bool_indexing
+    torch.testing.assert_close(
+        total, terms["bone_length"] + terms["palm"] + terms["joint_angle"] + terms["personal"]
+    )
+    assert torch.isfinite(poses.grad).all()
+    per_pose = module.magnitudes(poses.detach(), group=group)["personal"].mean(-1)
+    torch.testing.assert_close(terms["personal"], 2.0 * per_pose.mean())
+
+
+def test_personal_term_gradcheck_float64(limits):
+    module = BMCLoss(limits, reduction="none")
+    # noisy, so no two lengths tie (a median is not differentiable at a tie)
+    poses = synthetic.generate(SUBJECT, 6, seed=14, noise_mm=0.5, glitch_fraction=0.0).joints
+    poses[0, 7] += 8.0  # one long phalanx: the term is active
+    x = torch.as_tensor(poses).requires_grad_(True)
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+
+    def personal_term(j):
+        return module(j, group=group)[1]["personal"]
+
+    assert personal_term(x)[0] > 0
+    assert torch.autograd.gradcheck(personal_term, (x,), eps=1e-6, atol=1e-5)
