@@ -140,42 +140,62 @@ def print_summary(s: dict[str, float]) -> None:
         )
 
 
-def sweep(files: list[str], out_png: str) -> list[dict]:
+def sweep(files: list[str], out_png: str) -> dict[str, list[dict]]:
+    """Refit for several tolerance quantiles (joint angles) and person confidences (bones and
+    palm), and draw false flags against detection for both knobs."""
     points = []
     for q in (0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999):
         s = summarise(leave_one_out(files, FitOptions(tolerance_quantile=q), quiet=True))
         detect = float(np.mean([s[f"caught_{k}_mean"] for k in edits.EDIT_KINDS]))
-        points.append({"tolerance_quantile": q, "flagged_mean": s["flagged_mean"],
-                       "flagged_max": s["flagged_max"], "caught_mean": detect, **s})  # fmt: skip
+        points.append({"tolerance_quantile": q, "caught_mean": detect, **s})
         print(f"  tolerance quantile {q}: flagged {100 * s['flagged_mean']:.2f} % (worst "
               f"{100 * s['flagged_max']:.2f} %), edits caught {100 * detect:.1f} %",
+              flush=True)  # fmt: skip
+    people = []
+    for gamma in (0.5, 0.8, 0.9, 0.99, 0.999):
+        s = summarise(leave_one_out(files, FitOptions(person_confidence=gamma), quiet=True))
+        people.append({"person_confidence": gamma, **s})
+        print(f"  person confidence {gamma}: bone/palm flagged "
+              f"{100 * (s['flagged_bone_length_mean'] + s['flagged_palm_curvature_mean'] + s['flagged_palm_angle_mean']):.2f} %, "  # noqa: E501
+              f"phalanx x 1.6 caught {100 * s['caught_middle_phalanx_1_6_mean']:.1f} %",
               flush=True)  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     for kind in edits.EDIT_KINDS:
         ax.plot([100 * p["flagged_mean"] for p in points],
                 [100 * p[f"caught_{kind}_mean"] for p in points], marker="o", ms=3,
                 label=edits.EDIT_LABELS[kind])  # fmt: skip
     for p in points:
         xy = (100 * p["flagged_mean"], 100 * p["caught_mean"])
-        ax.annotate(f"q={p['tolerance_quantile']}", xy,
-                    fontsize=6, alpha=0.7)  # fmt: skip
+        ax.annotate(f"q={p['tolerance_quantile']}", xy, fontsize=6, alpha=0.7)
     ax.plot([100 * p["flagged_mean"] for p in points], [100 * p["caught_mean"] for p in points],
             "k--", lw=1, label="mean of the five")  # fmt: skip
     ax.set_xlabel("real poses of an unseen person flagged (%, mean over people)")
     ax.set_ylabel("impossible edits caught (%)")
-    ax.set_title("Leave-one-person-out, DexYCB (7 people): tolerance quantile sweep", fontsize=9)
+    ax.set_title("joint angles: --tolerance-quantile", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    flags = [100 * (p["flagged_bone_length_mean"] + p["flagged_palm_curvature_mean"]
+                    + p["flagged_palm_angle_mean"]) for p in people]  # fmt: skip
+    caught = [100 * p["caught_middle_phalanx_1_6_mean"] for p in people]
+    bx.plot(flags, caught, marker="o", color="tab:red", label="middle phalanx × 1.6")
+    for p, x, y in zip(people, flags, caught, strict=True):
+        bx.annotate(f"γ={p['person_confidence']}", (x, y), fontsize=6, alpha=0.7)
+    bx.set_xlabel("real poses flagged by bone / palm items (%, mean over people)")
+    bx.set_ylabel("caught by the population limits (%)")
+    bx.set_title("bone lengths and palm: --person-confidence", fontsize=9)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Leave-one-person-out on DexYCB (7 people), limits refitted each time", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_png), exist_ok=True)
     fig.savefig(out_png)
     print(f"wrote {out_png}")
-    return points
+    return {"tolerance_quantile": points, "person_confidence": people}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,10 @@ MIN_GROUPS_FOR_TOLERANCE = 3
 DEFAULT_PERSON_CONFIDENCE = 0.99
 #: lower bone-length limits never go below this fraction of the typical length
 MIN_BONE_LENGTH = 1e-3
+#: held-out poses (an even stride) each impossible edit is tried on, per fold
+EDIT_POSES = 5_000
+#: poses (an even stride of the training rows) a fold's person-level intervals use
+FOLD_INTERVAL_POSES = 20_000
 #: held-out folds at most; more groups are dealt into this many folds (round robin)
 MAX_FOLDS = 20
 #: person-level families: one value per hand, prediction intervals for a new person
@@ -273,13 +277,8 @@ def _group_medians(
     if lengths:
         all_lengths, all_ids = np.concatenate(lengths), np.concatenate(hand_ids)
         del lengths
-        order = np.argsort(all_ids, kind="stable")
-        bounds = np.searchsorted(all_ids[order], np.arange(hands + 1))
-        for h in range(hands):
-            rows = order[bounds[h] : bounds[h + 1]]
-            if rows.size:
-                medians[h] = np.median(all_lengths[rows], axis=0)
-    return np.where(medians > 0, medians, 1.0), total
+        medians = population.group_medians(all_lengths, all_ids, hands)
+    return np.where(medians > 0, medians, 1.0), total  # empty hands (NaN) get 1
 
 
 def _glitches(lengths: np.ndarray, medians: np.ndarray, max_deviation: float) -> np.ndarray:
@@ -452,6 +451,8 @@ class GroupHulls:
 
     centers: np.ndarray
     hulls: list[list[np.ndarray | None]]
+    #: each group's exact (unpeeled) hull, same layout as ``hulls``
+    exact: list[list[np.ndarray | None]]
 
     def region(self, a: int, groups: np.ndarray) -> np.ndarray:
         """The consensus region of angle id ``a`` over the groups listed in ``groups``."""
@@ -468,22 +469,28 @@ def group_hulls(
     bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
     centers = np.empty(skeleton.NUM_ANGLES)
     out: list[list[np.ndarray | None]] = []
+    exact: list[list[np.ndarray | None]] = []
     for a in range(skeleton.NUM_ANGLES):
         flexion = np.asarray(angles[:, a, 0], dtype=np.float64)
         centers[a] = hulls.flexion_center(flexion)
         per_group: list[np.ndarray | None] = []
+        per_group_exact: list[np.ndarray | None] = []
         for g in range(n_groups):
             rows = order[bounds[g] : bounds[g + 1]]
             if rows.size == 0:
                 per_group.append(None)
+                per_group_exact.append(None)
                 continue
             pts = np.asarray(angles[rows, a], dtype=np.float64)
             pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], centers[a])
-            per_group.append(population.group_hull(pts, options.coverage, options.rdp_epsilon))
+            trimmed, whole = population.trimmed_hull(pts, options.coverage, options.rdp_epsilon)
+            per_group.append(trimmed)
+            per_group_exact.append(whole)
         out.append(per_group)
+        exact.append(per_group_exact)
         if report is not None:
             report("hulls", a + 1, skeleton.NUM_ANGLES)
-    return GroupHulls(centers, out)
+    return GroupHulls(centers, out, exact)
 
 
 def consensus_joint_limits(
@@ -508,10 +515,11 @@ def consensus_joint_limits(
         coverage[a] = float(hulls.points_in_polygon(pts, region).mean())
         area[a] = _area(region)
         box[:, a] = _quantile_columns(pts, slice(None), c)
-        if options.keep_pipeline_hulls:
-            pooled = hulls.fit_hull(pts, coverage=1.0)
-            exact.append(pooled.exact)
-            rdp.append(population.rdp_ring(pooled.exact, options.rdp_epsilon))
+        if options.keep_pipeline_hulls:  # the hull of all groups' exact hulls
+            corners = np.concatenate([h for h in per_group.exact[a] if h is not None])
+            pooled = population.trimmed_hull(corners, 1.0, 0.0)[1]
+            exact.append(pooled)
+            rdp.append(population.rdp_ring(pooled, options.rdp_epsilon))
     return JointAngleLimits(
         names=skeleton.ANGLE_NAMES,
         flexion_center=per_group.centers,
@@ -616,6 +624,10 @@ def _split(stacked: np.ndarray) -> dict[str, np.ndarray]:
     return {f: stacked[..., edges[i] : edges[i + 1]] for i, f in enumerate(FAMILIES)}
 
 
+#: the person-level items come first in the 43 stacked items (20 bones, 4 + 4 palm)
+_PERSON_ITEMS = skeleton.NUM_BONES + 8
+
+
 def _folds(present: list[int]) -> list[np.ndarray]:
     """Held-out folds: one group each, or groups dealt round robin into MAX_FOLDS folds."""
     if len(present) <= MAX_FOLDS:
@@ -626,8 +638,10 @@ def _folds(present: list[int]) -> list[np.ndarray]:
 @dataclass
 class _Fold:
     groups: np.ndarray  # held-out group ids
-    magnitudes: np.ndarray  # (n, 43) of the held-out sample frames
-    edited: dict[str, tuple[np.ndarray, np.ndarray]]  # kind → ((n, 43) magnitudes, applies)
+    magnitudes: np.ndarray  # (n, 43) float32 of the held-out sample frames
+    #: kind → (magnitudes (n, 3) of the edited joints, their angle ids (n, 3) (−1: none),
+    #: a person-level item over (n,), applies (n,)); person-level tolerances are 0
+    edited: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _fold_limits(
@@ -635,8 +649,9 @@ def _fold_limits(
 ) -> Limits:
     """Limits fitted without the held-out groups: intervals from ``train`` sample rows,
     regions from the training groups' hulls (the same rule as the final fit)."""
+    step = max(1, len(train) // FOLD_INTERVAL_POSES)
     intervals, _ = person_level_intervals(
-        data.sample, train, data.sample_hand, data.sample_group, options
+        data.sample, train[::step], data.sample_hand, data.sample_group, options
     )
     groups = np.unique(data.sample_group[train])
     joint = JointAngleLimits(
@@ -650,6 +665,36 @@ def _fold_limits(
         box_max=np.zeros((skeleton.NUM_ANGLES, 2)),
     )
     return _assemble(intervals, joint, options)
+
+
+def _edited_magnitudes(
+    e: edits.EditedPoses, kind: str, limits: Limits
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only what an edit changed, for poses that were plausible before it: the distances of
+    the edited joints ``(n, 3)`` and their angle ids ``(n, 3)`` (−1 = unused), and whether
+    the edited bone left its interval ``(n,)``. Every other item is as it was (inside)."""
+    n = len(e.finger)
+    ids = np.full((n, 3), -1, np.int64)
+    mags = np.zeros((n, 3), np.float32)
+    person_over = np.zeros(n, bool)
+    if kind == "middle_phalanx_1_6":
+        bone = np.asarray(skeleton.ANGLE_BONES)[5 + e.finger]
+        rows = np.arange(n)
+        length = e.features.bone_length[rows, bone]
+        low, high = limits.bone_length.min[bone], limits.bone_length.max[bone]
+        person_over = np.maximum(1 - length / low, length / high - 1) > VERDICT_EPSILON
+        return mags, ids, person_over
+    levels = {"mcp_back_90": (0,), "pip_sideways_60": (1,), "dip_back_80": (2,),
+              "finger_mirrored": (0, 1, 2)}[kind]  # fmt: skip
+    ja = limits.joint_angle
+    for col, level in enumerate(levels):
+        ids[:, col] = 5 * level + e.finger
+    for a in np.unique(ids[ids >= 0]):
+        rows, cols = np.nonzero(ids == a)
+        pts = np.array(e.features.flexion_abduction[rows, a], dtype=np.float64)
+        pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], ja.flexion_center[a])
+        mags[rows, cols] = hulls.distance_to_polygon(pts, ja.hulls[a])
+    return mags, ids, person_over
 
 
 def _tolerance_from(magnitudes: list[np.ndarray], quantile: float) -> np.ndarray:
@@ -716,10 +761,12 @@ def _leave_one_group_out(
         mags = compute_violations(feats, limits).stacked()
         edited = {}
         if options.check_edits:
+            stride = max(1, len(test) // EDIT_POSES)
+            some = _subset(feats, np.arange(0, len(test), stride))
             for i, kind in enumerate(edits.EDIT_KINDS):
-                e = edits.apply_edit(feats, kind, seed=1000 * k + i)
-                edited[kind] = (compute_violations(e.features, limits).stacked(), e.applies)
-        folds.append(_Fold(held, mags, edited))
+                e = edits.apply_edit(some, kind, seed=1000 * k + i)
+                edited[kind] = (*_edited_magnitudes(e, kind, limits), e.applies)
+        folds.append(_Fold(held, mags.astype(np.float32), edited))
         report("tolerances", k + 1, len(fold_groups))
     tolerance = _tolerance_from([f.magnitudes for f in folds], options.quantile)
     stats = _heldout_statistics(folds, options.quantile, names)
@@ -748,9 +795,12 @@ def _heldout_statistics(folds: list[_Fold], quantile: float, names: list[str]) -
             rates[f].append(float(v.mean()))
         rate_zero.append(float((fold.magnitudes > VERDICT_EPSILON).any(axis=1).mean()))
         plausible = ~flags["any"]
-        for kind, (mags, applies) in fold.edited.items():
-            judged = applies & plausible
-            hit = _flags(mags, others)["any"][judged]
+        stride = max(1, len(plausible) // EDIT_POSES)
+        for kind, (joint, ids, person_over, applies) in fold.edited.items():
+            judged = applies & plausible[::stride][: len(applies)]
+            limit = np.where(ids >= 0, others[_PERSON_ITEMS + np.maximum(ids, 0)], np.inf)
+            over = (joint > limit + VERDICT_EPSILON).any(axis=1) | person_over
+            hit = over[judged]
             caught[kind].append(float(hit.mean()) if hit.size else float("nan"))
     label = [", ".join(names[g] for g in fold.groups) for fold in folds]
     stats: dict[str, object] = {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmc_calib import skeleton
+from bmc_calib import population, skeleton
 from bmc_calib.limits import Limits
 
 #: Smallest relative deviation from one's own median that counts (0.15 = 15 %): annotation
@@ -35,15 +35,8 @@ def allowance(limits: Limits) -> np.ndarray:
 
 def group_medians(lengths: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """``(n_groups, 20)`` median bone lengths per group (1 where a group has no pose)."""
-    out = np.ones((n_groups, lengths.shape[1]))
-    group = np.asarray(group)
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
-    for g in range(n_groups):
-        rows = order[bounds[g] : bounds[g + 1]]
-        if rows.size:
-            out[g] = np.median(lengths[rows], axis=0)
-    return np.where(out > 0, out, 1.0)
+    out = population.group_medians(lengths, group, n_groups)
+    return np.where(out > 0, out, 1.0)  # NaN > 0 is False: empty groups get 1
 
 
 def personal_violation(

@@ -54,6 +54,21 @@ class PersonIntervals:
     method: str
 
 
+def group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """``(n_groups, K)`` column medians of ``values`` ``(S, K)`` per group id ``(S,)`` in
+    ``0 … n_groups − 1``; NaN for a group without rows. One sort, one median per group."""
+    x = np.asarray(values, dtype=np.float64)
+    group = np.asarray(group)
+    out = np.full((n_groups, x.shape[1]), np.nan)
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
+    for g in range(n_groups):
+        rows = order[bounds[g] : bounds[g + 1]]
+        if rows.size:
+            out[g] = np.median(x[rows], axis=0)
+    return out
+
+
 def hand_ids(group: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
     """``(S,)`` id of each pose's hand: group × side (left hands were mirrored)."""
     return 2 * np.asarray(group, dtype=np.int64) + np.asarray(mirrored, dtype=np.int64)
@@ -91,11 +106,8 @@ def person_intervals(
     hand = np.asarray(hand)
     tail = (1.0 - coverage) / 2.0
     uniq, inverse = np.unique(hand, return_inverse=True)
-    centers = np.empty((uniq.size, x.shape[1]))
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(uniq.size + 1))
-    for h in range(uniq.size):
-        centers[h] = np.median(x[order[bounds[h] : bounds[h + 1]]], axis=0)
+    inverse = inverse.reshape(-1)
+    centers = group_medians(x, inverse, uniq.size)
     deviation = x - centers[inverse]
     within = np.quantile(deviation, [tail, 1.0 - tail], axis=0)
     people = int(np.unique(np.asarray(person)).size)
@@ -126,9 +138,8 @@ def relative_within_spread(values: np.ndarray, hand: np.ndarray, coverage: float
     """``(K,)`` coverage quantile of ``|x / own hand median − 1|``, pooled over hands."""
     x = np.asarray(values, dtype=np.float64)
     uniq, inverse = np.unique(np.asarray(hand), return_inverse=True)
-    centers = np.empty((uniq.size, x.shape[1]))
-    for h in range(uniq.size):
-        centers[h] = np.median(x[inverse == h], axis=0)
+    inverse = inverse.reshape(-1)
+    centers = group_medians(x, inverse, uniq.size)
     safe = np.where(centers > 0, centers, 1.0)
     return np.quantile(np.abs(x / safe[inverse] - 1.0), coverage, axis=0)
 
@@ -185,66 +196,102 @@ def _canonical(vertices: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.roll(vertices, -first, axis=0))
 
 
-def peel(points: np.ndarray, coverage: float) -> np.ndarray:
-    """The points left after peeling convex-hull layers until a fraction ``coverage`` remains.
+def _pool(pts: np.ndarray, remove: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the points a peel of ``remove`` points can touch, and every point's score.
 
-    Onion peeling: drop the hull's vertices, recompute the hull, repeat; in the last, partial
-    layer the vertices farthest from the median go first (in units of each axis' spread). Points
-    inside the hull become vertices as the layers go, so a thin spike of outliers (a short
-    run of bad annotations) is cut, where greedy vertex removal, which only ever keeps
-    original extreme points as vertices, cannot cut it. At least 3 points remain;
-    ``points`` ``(M, 2)`` finite.
-
-    Cost: the hulls are taken over a pool of the ``50·(M − c·M) + 64`` points farthest from
-    the median (in units of each axis' spread) plus the hull vertices of the rest: those
-    cannot become vertices while fewer points than the pool holds are removed.
+    The ``50·remove + 64`` points farthest from the mean (score: squared distance in units
+    of each axis' spread) plus the hull vertices of all the others: points inside that inner
+    hull cannot become vertices while fewer points than the pool holds are removed.
     """
-    pts = np.asarray(points, dtype=np.float64)
     n = len(pts)
-    keep_count = max(3, math.ceil(coverage * n - 1e-9))
-    remove = n - keep_count
-    if remove <= 0:
-        return pts
     spread = np.maximum(pts.std(axis=0), 1e-12)
-    far = np.sum(((pts - np.median(pts, axis=0)) / spread) ** 2, axis=1)
-    order = np.argsort(far, kind="stable")
-    inner = order[: max(n - (50 * remove + 64), 0)]
-    pool = order[len(inner) :]
-    if inner.size >= 3:
-        try:
-            pool = np.concatenate([pool, inner[ConvexHull(pts[inner]).vertices]])
-        except QhullError:
-            pool = order
+    far = np.sum(((pts - pts.mean(axis=0)) / spread) ** 2, axis=1)
+    size = min(n, 50 * remove + 64)
+    if size >= n:
+        return np.arange(n), far
+    split = np.argpartition(far, n - size)
+    inner, outer = split[: n - size], split[n - size :]
+    try:
+        return np.concatenate([outer, inner[ConvexHull(pts[inner]).vertices]]), far
+    except QhullError:
+        return np.arange(n), far
+
+
+def _peeled(
+    pts: np.ndarray, coverage: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(dead (M,) mask, exact hull vertices, hull vertices of what is left)``, polygons
+    counter-clockwise; a polygon is None when qhull fails (collinear or < 3 points)."""
+    n = len(pts)
+    dead = np.zeros(n, dtype=bool)
+    keep_count = max(3, math.ceil(coverage * n - 1e-9))
+    remove = max(n - keep_count, 0)
+    pool, far = _pool(pts, remove) if remove else (np.arange(n), np.zeros(n))
     alive = np.ones(len(pool), dtype=bool)
-    removed = 0
-    while removed < remove:
+    removed, exact, last = 0, None, None
+    while True:
         idx = np.flatnonzero(alive)
         try:
             ring = ConvexHull(pts[pool[idx]]).vertices  # counter-clockwise
         except QhullError:
+            last = None
+            break
+        last = pts[pool[idx[ring]]]
+        if exact is None:
+            exact = last
+        if removed >= remove:
             break
         left = remove - removed
         if len(ring) > left:  # partial layer: the farthest vertices first
             ring = ring[np.argsort(-far[pool[idx[ring]]], kind="stable")[:left]]
         alive[idx[ring]] = False
         removed += len(ring)
-    dead = np.zeros(n, dtype=bool)
     dead[pool[~alive]] = True
-    return pts[~dead]
+    return dead, exact, last
+
+
+def peel(points: np.ndarray, coverage: float) -> np.ndarray:
+    """The points left after peeling convex-hull layers until a fraction ``coverage`` remains.
+
+    Onion peeling: drop the hull's vertices, recompute the hull, repeat; in the last, partial
+    layer the vertices farthest from the mean go first (in units of each axis' spread).
+    Points inside the hull become vertices as the layers go, so a thin spike of outliers (a
+    short run of bad annotations) is cut, where greedy vertex removal, which only ever keeps
+    original extreme points as vertices, cannot cut it. At least 3 points remain;
+    ``points`` ``(M, 2)`` finite. The hulls are taken over :func:`_pool`, so each costs a
+    few thousand points whatever ``M`` is.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    return pts[~_peeled(pts, coverage)[0]]
+
+
+def trimmed_hull(
+    points: np.ndarray, coverage: float, rdp_epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One group's hull peeled to ``coverage`` (:func:`peel`) and simplified by RDP, and its
+    exact hull; both counter-clockwise ``(V, 2)``. At ``coverage = 1`` both are the exact
+    hull, unsimplified (DESIGN §5). Degenerate point sets (fewer than 3 distinct or
+    collinear points) give the padded bounding box of :func:`bmc_calib.hulls.fit_hull`."""
+    pts = np.asarray(points, dtype=np.float64)
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) < 3:
+        box = hulls.fit_hull(pts if len(pts) else np.zeros((1, 2)), coverage=1.0).vertices
+        return box, box
+    _, exact, last = _peeled(pts, min(coverage, 1.0))
+    if exact is None:
+        box = hulls.fit_hull(pts, coverage=1.0).vertices
+        return box, box
+    exact = _canonical(exact)
+    if coverage >= 1.0:
+        return exact, exact
+    if last is None:  # what is left is collinear: keep its padded box
+        return hulls.fit_hull(pts[~_peeled(pts, coverage)[0]], coverage=1.0).vertices, exact
+    return rdp_ring(_canonical(last), rdp_epsilon), exact
 
 
 def group_hull(points: np.ndarray, coverage: float, rdp_epsilon: float) -> np.ndarray:
-    """One group's trimmed hull: peel to ``coverage`` (:func:`peel`), then the exact hull of
-    what is left (:func:`bmc_calib.hulls.fit_hull` with coverage 1) simplified by RDP."""
-    pts = np.asarray(points, dtype=np.float64)
-    pts = pts[np.isfinite(pts).all(axis=1)]
-    if len(pts) == 0:
-        return hulls.fit_hull(np.zeros((1, 2)), coverage=1.0).vertices
-    if coverage >= 1.0:  # c = 1: the exact hull, unsimplified (DESIGN §5)
-        return hulls.fit_hull(pts, coverage=1.0).vertices
-    kept = peel(pts, coverage) if len(pts) > 3 else pts
-    exact = hulls.fit_hull(kept, coverage=1.0).vertices
-    return rdp_ring(exact, rdp_epsilon)
+    """One group's trimmed hull (the first polygon of :func:`trimmed_hull`)."""
+    return trimmed_hull(points, coverage, rdp_epsilon)[0]
 
 
 def rdp_ring(polygon: np.ndarray, epsilon: float) -> np.ndarray:
