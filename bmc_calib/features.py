@@ -29,6 +29,7 @@ class PoseFeatures:
     features: Features
     source: np.ndarray
     frame: np.ndarray
+    normalization: str = "reference-bone"
 
 
 def pose_features(sources: Sequence[Source], normalization: str = "reference-bone") -> PoseFeatures:
@@ -46,17 +47,21 @@ def pose_features(sources: Sequence[Source], normalization: str = "reference-bon
         concatenate(parts),
         np.concatenate(source) if source else np.empty(0, object),
         np.concatenate(frame) if frame else np.empty(0, np.int64),
+        normalization,
     )
 
 
-def column_names() -> list[str]:
-    """Header of the flat CSV table."""
+def column_names(normalization: str = "reference-bone") -> list[str]:
+    """Header of the flat CSV table; every number column names its unit: ``_rel`` (relative
+    to the wrist→middle-MCP bone), ``_per_rel`` (palm curvature), ``_rad``; without
+    normalisation lengths are in the input's unit (``_len``, ``_per_len``)."""
+    length = "rel" if normalization == "reference-bone" else "len"
     cols = ["source", "frame", "degenerate", "degenerate_reason"]
-    cols += [f"bone_length_{n}" for n in skeleton.BONE_NAMES]
-    cols += [f"palm_curvature_{n}" for n in skeleton.PALM_NAMES]
-    cols += [f"palm_angle_{n}" for n in skeleton.PALM_NAMES]
+    cols += [f"bone_length_{n}_{length}" for n in skeleton.BONE_NAMES]
+    cols += [f"palm_curvature_{n}_per_{length}" for n in skeleton.PALM_NAMES]
+    cols += [f"palm_angle_{n}_rad" for n in skeleton.PALM_NAMES]
     for n in skeleton.ANGLE_NAMES:
-        cols += [f"flexion_{n}", f"abduction_{n}"]
+        cols += [f"flexion_{n}_rad", f"abduction_{n}_rad"]
     return cols
 
 
@@ -109,7 +114,7 @@ def write_csv(data: PoseFeatures, path: str | os.PathLike, *, force: bool = Fals
         axis=1,
     )
     with atomic_path(path, force=force) as tmp, open(tmp, "w", newline="") as fh:
-        fh.write(",".join(column_names()) + "\n")
+        fh.write(",".join(column_names(data.normalization)) + "\n")
         step = 65536
         for start in range(0, len(f), step):
             block = slice(start, start + step)

@@ -430,7 +430,8 @@ def _statistics(inputs: Sequence[Limits]) -> dict[str, object]:
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
             stats[name] = int(sum(int(v) for v in values))
     methods = [str(x.statistics.get("tolerance_method", "unknown")) for x in inputs]
+    unique = list(dict.fromkeys(methods))
     stats["tolerance_method"] = (
-        "merged: the larger of the inputs' tolerances (" + "; ".join(methods) + ")"
+        "merged: the larger of the inputs' tolerances (" + "; ".join(unique) + ")"
     )
     return stats

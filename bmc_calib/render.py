@@ -378,10 +378,17 @@ def tolerance_lines(console: Console, summary: dict[str, Any]) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    elif method.startswith("merged"):
+        console.print(
+            f"Tolerances: {_text(method)} (× {scale:g}); a merged bundle has no held-out "
+            f"estimate of its own (each input bundle has its own); here: {_pct(observed)}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         console.print(
             f"Tolerances: {_text(method or 'not recorded')} (× {scale:g}); no held-out false-flag "
-            "estimate: expect many poses of a new person to be flagged",
+            f"estimate: expect many poses of a new person to be flagged; here: {_pct(observed)}",
             highlight=False,
             soft_wrap=True,
         )

@@ -546,7 +546,7 @@ def explain(
         long = float(value) > limits.bone_length.max[k]
         pct = _amount(100.0 * magnitude)
         word = "long" if long else "short"
-        return word, f"{bone_label(k)} {pct} % too {word}"
+        return word, f"{skeleton.BONE_NAMES[k]} ({bone_label(k)}) {pct} % too {word}"
     if family == "palm_curvature":
         above = float(value) > limits.palm_curvature.max[k]
         if above:

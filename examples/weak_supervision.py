@@ -45,6 +45,7 @@ Result on the development machine (see docs/torch.md): BMC lowers the implausibl
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -163,8 +164,11 @@ def train(
     bmc_weight: float,
     epochs: int,
     batch: int = 256,
+    name: str = "",
 ) -> Lifter:
-    """Adam, L1 losses as in the module docstring; deterministic for a given setup."""
+    """Adam, L1 losses as in the module docstring; deterministic for a given setup. Prints
+    one progress line per epoch on stderr (mean loss, seconds so far)."""
+    started = time.perf_counter()
     torch.manual_seed(SEED)
     model = Lifter()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -176,7 +180,8 @@ def train(
     target_depth = torch.as_tensor(root[:, 0, 2] / 1000.0, dtype=torch.float32)
     has_3d = torch.as_tensor(labelled)
     order = torch.Generator().manual_seed(SEED)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        total, steps = 0.0, 0
         for idx in torch.randperm(len(x), generator=order).split(batch):
             relative, depth = model(x[idx])
             mask = has_3d[idx].float()
@@ -190,7 +195,14 @@ def train(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            total, steps = total + float(loss.detach()), steps + 1
         schedule.step()
+        print(
+            f"  {name}: epoch {epoch + 1}/{epochs}, mean loss {total / max(steps, 1):.4f}, "
+            f"{time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return model
 
 
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     runs.append(("2D all + 100% 3D (reference)", np.ones_like(labelled), None, 0.0))
     rows = []
     for name, mask, loss, weight in runs:
-        model = train(train_split, mask, loss, weight, args.epochs)
+        model = train(train_split, mask, loss, weight, args.epochs, name=name)
         rows.append((name, evaluate(model, test_split, limits)))
     truth, truth_angles = implausible_rates(test_split.joints, limits)
 

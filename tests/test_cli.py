@@ -169,10 +169,11 @@ def test_features_npz_and_csv(runner, tmp_path) -> None:
     assert result.exit_code == 0
     header = csv_path.read_text().splitlines()[0].split(",")
     assert header[:4] == ["source", "frame", "degenerate", "degenerate_reason"]
-    assert "flexion_index_pip" in header and "bone_length_middle_tip" in header
+    assert "flexion_index_pip_rad" in header and "bone_length_middle_tip_rel" in header
+    assert "palm_curvature_thumb-index_per_rel" in header
     table = np.genfromtxt(csv_path, delimiter=",", skip_header=1, usecols=range(1, len(header)))
     assert table.shape == (2000, len(header) - 1)
-    col = header.index("flexion_index_pip") - 1
+    col = header.index("flexion_index_pip_rad") - 1
     np.testing.assert_allclose(table[:, col], fa[:2000, 6, 0], rtol=0, atol=1e-15)
 
 

@@ -428,3 +428,45 @@ def test_markup_in_file_names_is_printed_as_is(runner, hands, tmp_path) -> None:
     assert "Limits: o[s1].h5" in result.stderr and "Wrote r[1].csv" in result.stderr
     missing = runner.invoke(app, ["fit", "no[/]such.npy"])
     assert missing.exit_code == 3 and "no[/]such.npy" in missing.stderr
+
+
+# --------------------------------------------------------------------------- item 10
+def test_10_people_read_the_item_name_and_the_anatomy(runner, tmp_path) -> None:
+    subject = synthetic.make_subjects(1, seed=3)[0]
+    good = synthetic.generate(subject, 30, seed=1, glitch_fraction=0.0).joints
+    long = good.copy()
+    long[0, 7:9] += 1.0 * (long[0, 7] - long[0, 6])  # the index middle phalanx doubled
+    np.save(tmp_path / "long.npy", long)
+    result = runner.invoke(app, ["validate", str(tmp_path / "long.npy"), "--json"])
+    worst = json.loads(result.stdout)["worst_poses"][0]
+    assert worst["item"] == "index_dip"
+    assert "index_dip (index middle phalanx)" in worst["reason"]
+    csv = tmp_path / "f.csv"
+    assert (
+        runner.invoke(app, ["features", str(tmp_path / "long.npy"), "-o", str(csv)]).exit_code == 0
+    )
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {"bone_length_index_dip_rel", "palm_angle_thumb-index_rad", "flexion_index_pip_rad",
+            "palm_curvature_ring-little_per_rel"} <= set(header)  # fmt: skip
+    raw = tmp_path / "g.csv"
+    args = ["features", str(tmp_path / "long.npy"), "-o", str(raw), "--normalization", "none"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "bone_length_index_dip_len" in raw.read_text().splitlines()[0]
+
+
+# --------------------------------------------------------------------------- item 13
+def test_13_a_merged_bundle_says_what_its_tolerances_are(runner, tmp_path) -> None:
+    paths = []
+    for i, subject in enumerate(synthetic.make_subjects(3, seed=8)):
+        paths.append(tmp_path / f"p{i}.npy")
+        np.save(paths[-1], synthetic.generate(subject, 300, seed=i, glitch_fraction=0.0).joints)
+    for name in ("a", "b"):
+        args = ["fit", *map(str, paths), "-o", str(tmp_path / f"{name}.h5")]
+        assert runner.invoke(app, args).exit_code == 0
+    merged = tmp_path / "m.h5"
+    args = ["merge", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "-o", str(merged)]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["validate", str(paths[0]), "--limits", str(merged)])
+    line = next(x for x in result.stderr.splitlines() if x.startswith("Tolerances:"))
+    assert "(leave-one-group-out)" in line and "leave-one-group-out; leave" not in line
+    assert "expect many poses" not in line and "here:" in line
