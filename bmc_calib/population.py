@@ -135,13 +135,16 @@ def person_intervals(
 
 
 def relative_within_spread(values: np.ndarray, hand: np.ndarray, coverage: float) -> np.ndarray:
-    """``(K,)`` coverage quantile of ``|x / own hand median − 1|``, pooled over hands."""
+    """``(K,)`` quantile of ``|x / own hand median − 1|``, pooled over hands, at the level
+    ``1 − (1 − c) / K``: so that a pose has *some* of its ``K`` items beyond the spread with
+    probability at most about ``1 − c`` (Bonferroni), not ``K`` times that."""
     x = np.asarray(values, dtype=np.float64)
     uniq, inverse = np.unique(np.asarray(hand), return_inverse=True)
     inverse = inverse.reshape(-1)
     centers = group_medians(x, inverse, uniq.size)
     safe = np.where(centers > 0, centers, 1.0)
-    return np.quantile(np.abs(x / safe[inverse] - 1.0), coverage, axis=0)
+    level = 1.0 - (1.0 - coverage) / max(x.shape[1], 1)
+    return np.quantile(np.abs(x / safe[inverse] - 1.0), level, axis=0)
 
 
 def consensus_region(group_hulls: list[np.ndarray]) -> np.ndarray:
