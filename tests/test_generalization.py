@@ -132,3 +132,21 @@ def test_an_unseen_real_person_is_rarely_flagged_and_edits_are_caught() -> None:
         hit = exceeded(compute_violations(e.features, limits), tolerances(limits))
         caught = np.column_stack([hit[f] for f in FAMILIES]).any(axis=1)
         assert caught[e.applies & ~flagged].mean() >= least, kind
+
+
+def test_fit_names_the_layout_when_many_frames_look_like_glitches(runner, tmp_path) -> None:
+    """MANO-ordered joints read as canonical: most 'bones' join joints of different fingers,
+    their lengths change with every pose, and the glitch rule rejects most frames."""
+    paths = []
+    for i, subject in enumerate(SUBJECTS):
+        joints = synthetic.generate(subject, 300, seed=i, glitch_fraction=0.0).joints
+        paths.append(str(tmp_path / f"mano_{i}.npy"))
+        np.save(paths[-1], skeleton.get_layout("ho3d").from_canonical(joints))
+    result = runner.invoke(app, ["fit", *paths, "-o", str(tmp_path / "x.h5")])
+    assert result.exit_code == 0, result.output
+    hint = next(line for line in result.stderr.splitlines() if line.startswith("hint:"))
+    assert "rejected as glitches" in hint and "--layout ho3d" in hint
+    data = json.loads(
+        runner.invoke(app, ["fit", *paths, "-o", str(tmp_path / "y.h5"), "--json"]).stdout
+    )
+    assert any("--layout ho3d" in h for h in data["hints"])
