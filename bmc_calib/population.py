@@ -159,14 +159,21 @@ def consensus_region(group_hulls: list[np.ndarray]) -> np.ndarray:
         raise ValueError("consensus_region needs at least one group hull")
     if len(group_hulls) == 1:
         return _canonical(np.asarray(group_hulls[0], dtype=np.float64))
-    polygons = [shapely.Polygon(h) for h in group_hulls]
     if len(group_hulls) == 2:
-        region = polygons[0].intersection(polygons[1])
+        region = shapely.Polygon(group_hulls[0]).intersection(shapely.Polygon(group_hulls[1]))
     else:
+        # Only a group owning a vertex of the hull of all groups can change conv(others):
+        # leaving any other group out leaves that hull as it is. So at most as many hulls
+        # as the full hull has vertices are computed, however many groups there are.
+        stacked = np.concatenate(group_hulls)
+        owner = np.repeat(np.arange(len(group_hulls)), [len(h) for h in group_hulls])
+        try:
+            corners = ConvexHull(stacked).vertices
+        except QhullError:
+            corners = np.arange(len(stacked))
         region = None
-        for g in range(len(group_hulls)):
-            others = np.concatenate([h for i, h in enumerate(group_hulls) if i != g])
-            spanned = shapely.MultiPoint(others).convex_hull
+        for g in np.unique(owner[corners]):
+            spanned = shapely.MultiPoint(stacked[owner != g]).convex_hull
             region = spanned if region is None else region.intersection(spanned)
     if region is None or region.geom_type != "Polygon" or region.area <= 0:
         everything = shapely.MultiPoint(np.concatenate(group_hulls)).convex_hull
