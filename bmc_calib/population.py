@@ -27,8 +27,10 @@ from scipy.special import stdtrit
 
 from bmc_calib import hulls
 
-#: Fewest groups (people) for which a between-person spread is estimated.
-MIN_PEOPLE = 3
+#: Fewest groups (people) for which a between-person spread is estimated (two give t with
+#: one degree of freedom: an interval so wide it rarely bites, which is what two people can
+#: tell about a third).
+MIN_PEOPLE = 2
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def person_intervals(
     With ``P >= MIN_PEOPLE`` people: ``[μ − k·s + w_lo, μ + k·s + w_hi]``, where ``μ`` and
     ``s`` are the mean and standard deviation (``ddof=1``) of the hands' medians, ``k`` is
     :func:`prediction_factor` with ``items`` items, and ``w_lo``/``w_hi`` are the coverage
-    quantiles of the pooled within-hand deviations. With fewer people the between-person
+    quantiles of the pooled within-hand deviations. With one person the between-person
     spread cannot be estimated: the interval is the data's own coverage quantile range.
     """
     x = np.asarray(values, dtype=np.float64)

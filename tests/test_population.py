@@ -38,12 +38,16 @@ def test_a_new_person_falls_inside_at_the_stated_confidence(people: int) -> None
     assert 0.86 <= np.mean(inside) <= 0.99
 
 
-def test_hands_are_centred_apart_and_fewer_than_three_people_fall_back() -> None:
+def test_hands_are_centred_apart_and_one_person_falls_back() -> None:
     rng = np.random.default_rng(0)
-    values, person = _people(2, rng)
-    pi = population.person_intervals(values, person, person, 0.999, 0.99, 27)
+    values, person = _people(1, rng)
+    hand = np.arange(len(person)) % 2  # one person, two hands: still no between-person spread
+    pi = population.person_intervals(values, hand, person, 0.999, 0.99, 27)
     assert pi.factor == 0.0 and "quantile range" in pi.method
     np.testing.assert_allclose([pi.low[0], pi.high[0]], np.quantile(values, [5e-4, 1 - 5e-4]))
+    values, person = _people(2, rng)  # two people: t with 1 df, an interval that rarely bites
+    pi = population.person_intervals(values, person, person, 0.999, 0.99, 27)
+    assert pi.factor > 1000
     hand = population.hand_ids(np.array([0, 0, 1, 1]), np.array([False, True, False, True]))
     assert hand.tolist() == [0, 1, 2, 3]
 
