@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -212,8 +213,20 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None]]
         yield update
 
 
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None (JSON ``null``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
 def _print_json(data: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    """``data`` as JSON on stdout; NaN and infinities are written as ``null`` (never bare)."""
+    sys.stdout.write(json.dumps(_finite_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def _print_lines(label: str, lines: Sequence[str]) -> None:
@@ -283,9 +296,10 @@ def _open(files: list[str], layout: str | None, hand: str | None, fmt: str | Non
 @app.command()
 def fit(
     files: Files,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Bundle to write.")] = Path(
-        "limits.h5"
-    ),
+    # a str, not a Path: Path("new/") would drop the slash and write a file named "new"
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Bundle to write.", metavar="<path>")
+    ] = "limits.h5",
     coverage: Annotated[
         float, typer.Option("--coverage", help="Fraction of data inside the limits.")
     ] = 0.999,

@@ -42,7 +42,7 @@ import numpy as np
 
 from bmc_calib import __version__, edits, hulls, population, skeleton
 from bmc_calib.errors import BadInputError, UsageError
-from bmc_calib.formats import Chunk, Source
+from bmc_calib.formats import Chunk, Source, _io
 from bmc_calib.kinematics import (
     Features,
     check_normalization,
@@ -98,8 +98,9 @@ class FitOptions:
     check_edits: bool = True
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.coverage <= 1.0:
-            raise UsageError(f"--coverage must be in (0, 1], got {self.coverage}")
+        # (1 − c) / 2 must stay below 0.5 in floating point (1e-300 rounds to 0.5)
+        if not (0.0 < self.coverage <= 1.0 and (1.0 - self.coverage) / 2.0 < 0.5):
+            raise UsageError(f"--coverage must be in (0, 1] (and above 1e-16), got {self.coverage}")
         check_normalization(self.normalization)
         if self.group_by not in GROUP_BY:
             raise UsageError(f"--group-by must be one of {', '.join(GROUP_BY)}")
@@ -162,8 +163,9 @@ def fit_limits(
     data = collect(sources, opts, report)
     used = data.angles.shape[0]
     if used < MIN_POSES:
+        named = ", ".join(src.path for src in sources[:3]) + (", …" if len(sources) > 3 else "")
         raise BadInputError(
-            f"only {used} usable poses in {len(sources)} input(s) "
+            f"only {used} usable poses in {len(sources)} input(s) {named} "
             f"({data.rejected['degenerate']} degenerate, "
             f"{data.rejected['bone_length_outlier']} glitches); at least {MIN_POSES} are needed"
         )
@@ -216,9 +218,10 @@ class _Groups:
             return np.full(n, self._id("all"), np.int32)
         if self.group_by == "label" and chunk.group is not None:
             labels, inverse = np.unique(np.asarray(chunk.group).astype(str), return_inverse=True)
-            ids = np.asarray([self._id(f"{source.format}:{lab}") for lab in labels], np.int32)
+            names = [_io.text_path(f"{source.format}:{lab}") for lab in labels]
+            ids = np.asarray([self._id(name) for name in names], np.int32)
             return ids[inverse.reshape(-1)]
-        return np.full(n, self._id(source.path), np.int32)
+        return np.full(n, self._id(_io.text_path(source.path)), np.int32)
 
 
 class _Angles:
@@ -352,7 +355,7 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
             rejected_total[reason] = rejected_total.get(reason, 0) + count
         records.append(
             SourceRecord(
-                path=src.path,
+                path=_io.text_path(src.path),
                 format=src.format,
                 sha256=src.sha256(),
                 frames_read=stats.frames_read,

@@ -52,6 +52,7 @@ import numpy as np
 
 from bmc_calib import __version__, hulls, skeleton
 from bmc_calib.errors import BadInputError, UsageError
+from bmc_calib.formats import _io
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
 from bmc_calib.merge import polygon_area, rewrap_polygon
 
@@ -443,6 +444,7 @@ def _folder_sha256(directory: str) -> str:
 # --------------------------------------------------------------------------- safe .npy reading
 def _load_npy(path: str, *, allow_objects: bool = False) -> np.ndarray:
     """Read one ``.npy`` file; object arrays only with ``allow_objects``, never running code."""
+    _io.require_regular(path)
     try:
         with open(path, "rb") as fh:
             try:
@@ -455,6 +457,8 @@ def _load_npy(path: str, *, allow_objects: bool = False) -> np.ndarray:
                     fh.seek(0)
                     return np.load(fh, allow_pickle=False)
                 if not dtype.hasobject:
+                    available = os.fstat(fh.fileno()).st_size - fh.tell()
+                    _io.check_declared_size(path, "the array", shape, dtype, available)
                     fh.seek(0)
                     return np.load(fh, allow_pickle=False)
                 if not allow_objects:

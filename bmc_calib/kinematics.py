@@ -19,8 +19,9 @@ divides by the wrist→middle-MCP distance; ``none`` keeps the input unit. Angle
 on it. For a right hand, positive flexion bends a bone towards the palm and positive abduction
 moves it towards the thumb side.
 
-No NaN or infinity ever leaves this module: a pose where some quantity is undefined is
-flagged degenerate and all its features are set to 0.
+No NaN or infinity ever leaves this module: a pose where some quantity is undefined, or with
+a coordinate beyond :data:`COORDINATE_LIMIT` (where some quantity would overflow), is flagged
+degenerate and all its features are set to 0.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ DEGENERATE_REASONS: tuple[str, ...] = (
     "coincident_mcps",  # two neighbouring root bones end at the same point
     "parallel_root_bones",  # two neighbouring root bones are (anti)parallel: no palm normal
     "folded_palm",  # two neighbouring palm normals are opposite: no edge normal
+    "out_of_range",  # a finite coordinate beyond COORDINATE_LIMIT, before or after normalising
 )
 
 #: A bone shorter than this fraction of the reference bone counts as zero.
@@ -52,6 +54,15 @@ PARALLEL_SINE = 1e-7
 OPPOSITE_NORMALS = 1e-7
 #: |z × b| below this (for unit z, b) means b is (anti)parallel to z in frame propagation.
 ALIGNED = 1e-12
+#: A pose with a finite coordinate of magnitude above this, in the input unit or (under
+#: ``reference-bone``) in the normalised unit, is degenerate (``out_of_range``): no real hand
+#: is 1e8 units (100 km in mm) from its origin or 1e8 reference bones long, and below this
+#: bound every feature, and the float32 arithmetic of :mod:`bmc_calib.torch` (whose largest
+#: intermediate, a squared cross product, grows as the 4th power of a coordinate), stays
+#: finite. The same rule holds in numpy and torch.
+COORDINATE_LIMIT = 1e8
+
+_OUT_OF_RANGE = 1 << DEGENERATE_REASONS.index("out_of_range")
 
 DEFAULT_CHUNK = 3000  # poses per float64 block; powers of two collide in the cache
 
@@ -187,20 +198,27 @@ def bone_lengths(joints: np.ndarray, normalization: str = "reference-bone") -> n
 def quick_bone_lengths(
     joints: np.ndarray, normalization: str = "reference-bone"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bone lengths only, ``(n, 20)`` float64, and ``valid (n,)``: finite, no zero bone.
+    """Bone lengths only, ``(n, 20)`` float64, and ``valid (n,)``: finite, no zero bone,
+    every coordinate within :data:`COORDINATE_LIMIT` (input and normalised unit).
 
     The cheap part of :func:`compute_features` (no palm, no frames) for a first pass over a
     dataset; where ``valid`` holds, the lengths equal ``compute_features(...).bone_length``.
     """
     check_normalization(normalization)
     j = np.asarray(joints, dtype=np.float64).reshape(-1, skeleton.NUM_JOINTS, 3)
-    bones = j[:, skeleton.BONE_CHILD] - j[:, skeleton.BONE_PARENT]
-    length = np.sqrt(np.einsum("nbk,nbk->nb", bones, bones))
-    a, b = skeleton.REFERENCE_JOINTS
-    ref = np.sqrt(np.einsum("nk,nk->n", j[:, a] - j[:, b], j[:, a] - j[:, b]))
-    valid = np.isfinite(length).all(axis=1) & (length > ZERO_LENGTH * ref[:, None]).all(axis=1)
-    if normalization == "reference-bone":
-        length = length / np.where(valid & (ref > 0), ref, 1.0)[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        in_range = (np.abs(j) <= COORDINATE_LIMIT).all(axis=(1, 2))  # False for NaN / inf
+        if not in_range.all():
+            j = np.where(in_range[:, None, None], j, 0.0)
+        bones = j[:, skeleton.BONE_CHILD] - j[:, skeleton.BONE_PARENT]
+        length = np.sqrt(np.einsum("nbk,nbk->nb", bones, bones))
+        a, b = skeleton.REFERENCE_JOINTS
+        ref = np.sqrt(np.einsum("nk,nk->n", j[:, a] - j[:, b], j[:, a] - j[:, b]))
+        valid = in_range & (ref > 0) & (length > ZERO_LENGTH * ref[:, None]).all(axis=1)
+        if normalization == "reference-bone":
+            reach = np.abs(j - j[:, b : b + 1]).max(axis=(1, 2))
+            valid &= reach / np.where(ref > 0, ref, 1.0) <= COORDINATE_LIMIT
+            length = length / np.where(valid, ref, 1.0)[:, None]
     return np.where(valid[:, None], length, 0.0), valid
 
 
@@ -235,17 +253,38 @@ def _empty_features(n: int, dtype: type[np.floating]) -> Features:
     )
 
 
+def _all_within(j: np.ndarray) -> bool:
+    """Whether every coordinate is finite and within :data:`COORDINATE_LIMIT` (two
+    reductions, no temporaries: the common case costs almost nothing)."""
+    if j.size == 0:
+        return True
+    high, low = float(j.max()), float(j.min())  # NaN propagates and fails both tests
+    return high <= COORDINATE_LIMIT and low >= -COORDINATE_LIMIT
+
+
 def _features_into(raw: np.ndarray, normalization: str, out: Features, rows: slice) -> None:
     # component-first, pose-last layout: (3, 21, n) — gathers of joints/bones are row copies
     j = np.ascontiguousarray(np.transpose(np.asarray(raw, dtype=np.float64), (2, 1, 0)))
-    finite = np.isfinite(j).all(axis=(0, 1))
-    reason = np.where(finite, 0, 1 << 0).astype(np.uint8)
-    if not finite.all():
-        j = np.where(np.isfinite(j), j, 0.0)
+    # DESIGN §4.7: non-finite or out-of-range coordinates are set to 0 (the pose is flagged)
+    # so that no later arithmetic overflows; ``<=`` is False for NaN
+    reason = np.zeros(j.shape[2], np.uint8)
+    if not _all_within(j):
+        in_range = np.abs(j) <= COORDINATE_LIMIT
+        finite = np.isfinite(j).all(axis=(0, 1))
+        bounded = in_range.all(axis=(0, 1))
+        reason |= np.where(finite, 0, 1 << 0).astype(np.uint8)
+        reason |= np.where(finite & ~bounded, _OUT_OF_RANGE, 0).astype(np.uint8)
+        j = np.where(in_range, j, 0.0)
     a, b = skeleton.REFERENCE_JOINTS
     ref_len = _norm(j[:, a] - j[:, b])  # (n,)
     if normalization == "reference-bone":
-        j = (j - j[:, b : b + 1]) / np.where(ref_len > 0, ref_len, 1.0)
+        with np.errstate(over="ignore"):  # a tiny reference bone: caught just below
+            j = (j - j[:, b : b + 1]) / np.where(ref_len > 0, ref_len, 1.0)
+        if not _all_within(j):
+            in_range = np.abs(j) <= COORDINATE_LIMIT
+            bounded = in_range.all(axis=(0, 1))
+            reason |= np.where(bounded, 0, _OUT_OF_RANGE).astype(np.uint8)
+            j = np.where(in_range, j, 0.0)
         unit_len = np.ones_like(ref_len)
     else:
         unit_len = ref_len

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bmc_calib.kinematics import COORDINATE_LIMIT
+
 ALIGNMENTS: tuple[str, ...] = ("none", "root", "procrustes")
 #: ``(lo, hi)`` millimetre ranges of the PCK AUCs the CLI reports.
 AUC_RANGES: tuple[tuple[float, float], ...] = ((0.0, 50.0), (20.0, 50.0))
@@ -132,7 +134,8 @@ class Accuracy:
     ``auc_root`` / ``auc_procrustes`` map each ``(lo, hi)`` of :data:`AUC_RANGES` to the PCK
     AUC of root-aligned / Procrustes-aligned joint errors. ``by_group`` holds ``poses`` and
     both MPJPEs per group label (e.g. per verdict). ``skipped`` counts poses left out because
-    a prediction or ground-truth coordinate was not finite.
+    a prediction or ground-truth coordinate was not finite or out of range (see
+    :meth:`AccuracyAccumulator.add`).
     """
 
     poses: int
@@ -165,13 +168,17 @@ class AccuracyAccumulator:
     ) -> np.ndarray:
         """Add ``(n, J, 3)`` poses in mm; returns per-pose mean errors ``(n, 2)`` (root, PA).
 
-        Poses with a non-finite coordinate get NaN there and are counted as skipped.
+        Poses with a coordinate that is not finite or beyond
+        :data:`bmc_calib.kinematics.COORDINATE_LIMIT` mm (where the squares of the alignment
+        would overflow) get NaN there and are counted as skipped.
         ``group`` ``(n,)`` ints in ``[0, groups)`` label each pose for :attr:`Accuracy.by_group`.
         """
         p, g = _pair(pred_mm, gt_mm)
         n = p.shape[0]
         out = np.full((n, 2), np.nan)
-        ok = np.isfinite(p).all(axis=(1, 2)) & np.isfinite(g).all(axis=(1, 2))
+        with np.errstate(invalid="ignore"):  # ``<=`` is False for NaN: not compared
+            ok = (np.abs(p) <= COORDINATE_LIMIT).all(axis=(1, 2))
+            ok &= (np.abs(g) <= COORDINATE_LIMIT).all(axis=(1, 2))
         self.skipped += int(n - ok.sum())
         if not ok.any():
             return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 
@@ -18,6 +19,9 @@ from bmc_calib.errors import BadInputError, UsageError
 def check_writable(path: str | os.PathLike, force: bool) -> str:
     """Refuse an existing ``path`` unless ``force``, a folder, or a missing parent folder."""
     target = os.fspath(path)
+    if target.endswith(("/", os.sep)) and not os.path.isdir(target):
+        # abspath() would drop the slash and write a file named like the folder
+        raise UsageError(f"cannot write {target}: folder {target} does not exist; give a file name")
     parent = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(parent):
         raise BadInputError(f"cannot write {target}: folder {parent} does not exist")
@@ -37,12 +41,16 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[str
     """Yield a temporary path beside ``path``; on success fsync and publish it as ``path``.
 
     On any exception the temporary file is removed and ``path`` is left as it was; an
-    ``OSError`` becomes a one-line :class:`BadInputError` naming ``path``.
+    ``OSError``, or a ``RuntimeError`` while the caller writes (h5py's "can't write data",
+    e.g. a full disk), becomes a one-line :class:`BadInputError` naming ``path``.
     """
     target = check_writable(path, force)
     temporary = _create_temporary(target)
     try:
-        yield temporary
+        try:
+            yield temporary
+        except RuntimeError as exc:  # h5py reports a failed write (disk full) as RuntimeError
+            raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
         fsync_file(temporary)
         _publish(temporary, target, force=force)
     except OSError as exc:
@@ -116,5 +124,8 @@ def _remove_quietly(path: str) -> None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
+    code = re.search(r"\berrno = (\d+)", str(exc))  # HDF5's "file write failed: …, errno = 28"
+    if code:
+        return os.strerror(int(code.group(1))).lower()
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -307,7 +307,7 @@ def validate_report(console: Console, summary: dict[str, Any]) -> None:
         unit = acc["unit"]
         console.print(
             f"Accuracy vs ground truth ({acc['poses']} poses"
-            + (f", {acc['skipped']} skipped: not finite" if acc["skipped"] else "")
+            + (f", {acc['skipped']} skipped: not finite or out of range" if acc["skipped"] else "")
             + f"): MPJPE {_mm(acc[f'mpjpe_root_aligned_{unit}'])} {unit} root-aligned, "
             f"{_mm(acc[f'mpjpe_procrustes_{unit}'])} {unit} Procrustes; PCK AUC 0–50 / 20–50 "
             f"{unit}: {_auc(acc['pck_auc_0_50_root_aligned'])} / "

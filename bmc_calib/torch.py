@@ -17,8 +17,9 @@ Conventions (once for the whole module):
 - Angles are radians; bone-length magnitudes are relative to the violated interval edge
   (0.2 = 20 % too long); palm curvature is in 1 / length unit.
 - Floating point: float64 input is computed in float64; every other dtype in float32.
-- Degenerate poses (DESIGN §4.7: non-finite coordinate, zero bone, coincident MCPs, parallel
-  root bones, folded palm; the same tests and thresholds as :mod:`bmc_calib.kinematics`) get
+- Degenerate poses (DESIGN §4.7: non-finite or out-of-range coordinate, zero bone, coincident
+  MCPs, parallel root bones, folded palm; the same tests and thresholds as
+  :mod:`bmc_calib.kinematics`) get
   magnitude 0, contribute 0 to the loss and receive an exactly zero gradient. Internally they
   are replaced by a fixed plausible hand before any differentiable arithmetic, so no NaN or
   infinity can reach a gradient.
@@ -375,17 +376,23 @@ def _flat_features(
     """Features (item-first, ``(K, N)``), then the degenerate mask ``(N,)`` (bool) and its
     complement as a float multiplier ``(N,)``, of joints ``(3, 21, N)``.
 
-    Two passes: the degenerate tests (non-finite coordinates set to 0 first, as kinematics
-    does) on a copy without autograd history; then the features of the joints with every
-    degenerate pose replaced by ``template`` ``(3, 21, 1)`` — so no arithmetic on a degenerate
-    (possibly NaN) pose is ever differentiated — and set to 0 for degenerate poses.
+    Two passes: the degenerate tests on a copy without autograd history (as in kinematics,
+    a non-finite coordinate or one beyond :data:`bmc_calib.kinematics.COORDINATE_LIMIT`, in
+    the input unit or after normalisation, flags the pose and is set to 0 first); then the
+    features of the joints with every degenerate pose replaced by ``template`` ``(3, 21, 1)``
+    — so no arithmetic on a degenerate (possibly NaN or overflowing) pose is ever
+    differentiated — and set to 0 for degenerate poses.
     """
     with torch.no_grad():
         probe = j.detach()
-        finite = torch.isfinite(probe).flatten(0, 1).all(0)
-        probe = torch.nan_to_num(probe, nan=0.0, posinf=0.0, neginf=0.0)
-        probe, ref_len = _normalize(probe, normalization)
-        degenerate = _degenerate_mask(probe, ref_len, normalization) | ~finite
+        in_range = probe.abs() <= kinematics.COORDINATE_LIMIT  # False for NaN and inf
+        bounded = in_range.flatten(0, 1).all(0)
+        probe, ref_len = _normalize(torch.where(in_range, probe, 0.0), normalization)
+        if normalization == "reference-bone":
+            in_range = probe.abs() <= kinematics.COORDINATE_LIMIT
+            bounded = bounded & in_range.flatten(0, 1).all(0)
+            probe = torch.where(in_range, probe, 0.0)
+        degenerate = _degenerate_mask(probe, ref_len, normalization) | ~bounded
         keep = (~degenerate).to(j.dtype)
     safe, _ = _normalize(torch.where(degenerate, template, j), normalization)
     return (*(_zero_degenerate(f, keep) for f in _features(safe)), degenerate, keep)

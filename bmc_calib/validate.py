@@ -935,6 +935,7 @@ class ReportWriter:
         self.verdicts = _text([quote(v) for v in VERDICTS])
         codes = ["+".join(degenerate_reason_names(c)) for c in range(1 << len(DEGENERATE_REASONS))]
         self.reasons = _text([quote(c) for c in codes])
+        self.reason_mask = (1 << len(DEGENERATE_REASONS)) - 1
         labels = ["", *(f"{FAMILIES[ITEM_FAMILY[i]]}:{ITEM_NAMES[i]}" for i in range(NUM_ITEMS))]
         self.labels = _text([quote(s) for s in labels])
         self.family_names = [
@@ -957,13 +958,16 @@ class ReportWriter:
             "source": _text(np.full(n, self.sources[block.source])),
             "frame": _text(block.frames),
             "verdict": self.verdicts[block.verdict],
-            "degenerate_reason": self.reasons[block.degenerate_reason & 0x1F],
+            "degenerate_reason": self.reasons[block.degenerate_reason & self.reason_mask],
             "violations": _text(block.exceeded.sum(axis=1)),
             "worst_constraint": self.labels[block.worst_item + 1],
         }
         for f, family in enumerate(FAMILIES):
             suffix = "_deg" if DISPLAY_FACTOR[family] != 1.0 else ""
-            values[f"{family}_max{suffix}"] = _numbers(top[:, f] * DISPLAY_FACTOR[family])
+            shown_f = top[:, f] * DISPLAY_FACTOR[family]
+            finite = np.isfinite(shown_f)  # never a bare inf / nan: null (jsonl), empty (csv)
+            numbers = _numbers(np.where(finite, shown_f, 0.0))
+            values[f"{family}_max{suffix}"] = np.where(finite, numbers, _text(self.null))
             key = "worst_joint" if family == "joint_angle" else f"{family}_worst"
             values[key] = self.family_names[f][named[:, f]]
         if self.accuracy:

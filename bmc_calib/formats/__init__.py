@@ -121,6 +121,7 @@ def detect_format(path: str) -> Reader:
 def resolve_input(path: str, format: str | None = None) -> list[tuple[Reader, str]]:
     """``(reader, path)`` pairs for one input: a file, or a folder (one or many sources)."""
     forced = get_reader(format) if format else None
+    _io.require_regular(path)  # a FIFO or device would block detection and reading forever
     if not os.path.isdir(path):
         return [(forced or detect_format(path), path)]
     if forced is not None:

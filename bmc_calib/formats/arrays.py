@@ -8,12 +8,14 @@ A ``.npz`` file may also hold ``is_left`` ``(N,)`` bool: those frames are mirror
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 
 from bmc_calib import skeleton
 from bmc_calib.errors import BadInputError
+from bmc_calib.formats import _io
 from bmc_calib.formats._io import ARCHIVE_ERRORS
 from bmc_calib.formats.base import (
     Chunk,
@@ -104,10 +106,18 @@ class _NpyRows:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             self.offset = fh.tell()
+            size = os.fstat(fh.fileno()).st_size
         self.dtype = np.dtype(dtype)
         self.notes = flat_rows_notes(path, tuple(shape))
         self.shape = joint_shape(tuple(shape))
         check_joint_shape(path, self.shape, self.dtype)
+        _io.check_declared_size(
+            path,
+            "not a readable .npy array: its header",
+            self.shape,
+            self.dtype,
+            size - self.offset,
+        )
         self.row_bytes = skeleton.NUM_JOINTS * 3 * self.dtype.itemsize
         self.mapped = np.load(path, mmap_mode="r").reshape(self.shape) if fortran else None
 
@@ -135,6 +145,7 @@ class NpyReader(Reader):
     key_option = True
 
     def open(self, path: str, options: ReadOptions) -> Source:
+        _io.require_regular(path)
         try:
             arr = _NpyRows(path)
         except BadInputError:
@@ -168,22 +179,27 @@ class NpzReader(Reader):
     key_option = True
 
     def open(self, path: str, options: ReadOptions) -> Source:
+        _io.require_regular(path)
         try:
             archive = np.load(path, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise BadInputError(f"{path}: not an .npz archive (holds a single array)")
             with archive:
                 key = self._joint_key(path, list(archive.files), options.key)
-                stored = archive[key]
+                stored = _io.npz_member(path, archive, key)
+                if not isinstance(stored, np.ndarray) or stored.ndim == 0:
+                    raise BadInputError(f"{path}: {key!r} is not an array of joints")
                 arr = check_joint_array(path, stored)
-                is_left = archive["is_left"] if "is_left" in archive.files else None
+                is_left = None
+                if "is_left" in archive.files:
+                    is_left = _io.npz_member(path, archive, "is_left")
         except BadInputError:
             raise
         except ARCHIVE_ERRORS as exc:
             raise BadInputError(f"{path}: not a readable .npz archive ({_short(exc)})") from None
         left: np.ndarray | bool = options.hand == "left"
         if is_left is not None and options.hand is None:
-            left = np.asarray(is_left).astype(bool).reshape(-1)
+            left = _io.parse_is_left(is_left, path)
             if left.shape[0] != arr.shape[0]:
                 raise BadInputError(
                     f"{path}: is_left has {left.shape[0]} entries for {arr.shape[0]} poses"

@@ -32,6 +32,7 @@ import numpy as np
 
 from bmc_calib import skeleton
 from bmc_calib.errors import BadInputError, UsageError
+from bmc_calib.formats import _io
 
 HANDS: tuple[str, ...] = ("right", "left")
 #: Length units a user may declare with ``--unit``.
@@ -246,6 +247,7 @@ def file_sha256(path: str, files: list[str] | None = None) -> str:
         paths = sorted(
             os.path.join(root, name) for root, _, names in os.walk(path) for name in names
         )
+        paths = [p for p in paths if _io.is_regular_file(p)]  # a FIFO would block forever
     try:
         for p in paths:
             with open(p, "rb") as fh:

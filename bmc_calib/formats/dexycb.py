@@ -132,6 +132,7 @@ class DexYcbReader(Reader):
 
 
 def _joint_3d(path: str) -> np.ndarray:
+    _io.require_regular(path)
     try:
         archive = np.load(path, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -141,7 +142,7 @@ def _joint_3d(path: str) -> np.ndarray:
                 raise BadInputError(
                     f"{path}: no 'joint_3d' array (arrays: {', '.join(archive.files) or 'none'})"
                 )
-            arr = archive["joint_3d"]
+            arr = _io.npz_member(path, archive, "joint_3d")
     except BadInputError:
         raise
     except _io.ARCHIVE_ERRORS as exc:

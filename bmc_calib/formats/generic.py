@@ -350,7 +350,8 @@ class CsvReader(Reader):
 
 def _data_rows(path: str, fh: Any, header: bool = False) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of the data rows: no blanks, comments, or a header line (the
-    first line when ``header``, else a first line that is not all numbers)."""
+    first line when ``header``, else a first line mostly of non-numbers: a first data row
+    with a bad cell is data, and fails to parse, rather than silently a header)."""
     first = True
     try:
         for lineno, raw in enumerate(fh, 1):
@@ -360,7 +361,8 @@ def _data_rows(path: str, fh: Any, header: bool = False) -> Iterator[tuple[int, 
             if first:
                 first = False
                 tokens = _tokens(line)
-                if header or (tokens and not all(_is_number(t) for t in tokens)):
+                words = sum(not _is_number(t) for t in tokens)
+                if header or 2 * words > len(tokens):
                     continue  # a header line
             yield lineno, line
     except UnicodeDecodeError:
@@ -448,6 +450,7 @@ class H5Reader(Reader):
                 ds = fh[name]
                 shape = (1, *ds.shape) if ds.shape == (skeleton.NUM_JOINTS, 3) else ds.shape
                 check_joint_shape(path, tuple(shape), ds.dtype)
+                _io.check_h5_dataset(path, ds, f"dataset {name!r}")
                 parent = name.rsplit("/", 1)[0] if "/" in name.strip("/") else "/"
                 left_name = f"{parent.rstrip('/')}/is_left"
                 has_left = left_name in fh and isinstance(fh[left_name], h5py.Dataset)
@@ -516,7 +519,7 @@ class H5Reader(Reader):
                     block = ds[()].reshape(shape) if ds.ndim == 2 else ds[start:stop]
                     left: np.ndarray | bool = False
                     if left_name is not None:
-                        left = np.asarray(fh[left_name][start:stop]).astype(bool)
+                        left = _io.parse_is_left(fh[left_name][start:stop], path)
                     chunk = make_chunk(block, layout, stats, options, is_left=left, clean=False)
                     if chunk is not None:
                         yield chunk

@@ -71,6 +71,7 @@ def load_hand_para(path: str) -> np.ndarray:
     """``handPara`` of an STB label file as ``(N, 21, 3)`` (source layout, millimetres)."""
     import scipy.io
 
+    _io.require_regular(path)
     try:
         data = scipy.io.loadmat(path, variable_names=["handPara"])
         if "handPara" not in data:
@@ -86,6 +87,8 @@ def load_hand_para(path: str) -> np.ndarray:
         return arr.transpose(2, 1, 0)
     except BadInputError:
         raise
+    except MemoryError:
+        raise BadInputError(f"{path}: handPara claims more data than can be held") from None
     except NotImplementedError:  # MATLAB v7.3 = HDF5: arrays come transposed
         return _load_v73(path)
     except Exception as exc:  # scipy raises many types on corrupt files
@@ -103,6 +106,9 @@ def _load_v73(path: str) -> np.ndarray:
         with h5py.File(path, "r") as fh:
             if "handPara" not in fh:
                 raise BadInputError(f"{path}: no variable 'handPara'")
+            if not isinstance(fh["handPara"], h5py.Dataset):
+                raise BadInputError(f"{path}: 'handPara' is not an array")
+            _io.check_h5_dataset(path, fh["handPara"], "handPara")
             arr = _io.float_array(fh["handPara"][()], path, "handPara")
     except _io.ARCHIVE_ERRORS as exc:
         raise BadInputError(f"{path}: not a readable MATLAB .mat file ({_io.short(exc)})") from None
