@@ -516,7 +516,7 @@ def consensus_joint_limits(
         region = per_group.region(a, present)
         regions.append(region)
         coverage[a] = float(hulls.points_in_polygon(pts, region).mean())
-        area[a] = _area(region)
+        area[a] = hulls._signed_area(region)
         box[:, a] = _quantile_columns(pts, slice(None), c)
         if options.keep_pipeline_hulls:  # the hull of all groups' exact hulls
             corners = np.concatenate([h for h in per_group.exact[a] if h is not None])
@@ -535,11 +535,6 @@ def consensus_joint_limits(
         exact_hulls=exact if options.keep_pipeline_hulls else None,
         rdp_hulls=rdp if options.keep_pipeline_hulls else None,
     )
-
-
-def _area(polygon: np.ndarray) -> float:
-    x, y = polygon[:, 0], polygon[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 def _assemble(

@@ -198,14 +198,10 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
 
 
 def _canonical(vertices: np.ndarray) -> np.ndarray:
-    area = 0.5 * float(
-        np.dot(vertices[:, 0], np.roll(vertices[:, 1], -1))
-        - np.dot(np.roll(vertices[:, 0], -1), vertices[:, 1])
-    )
-    if area < 0:
+    """Counter-clockwise, starting at the lexicographic minimum (as :mod:`bmc_calib.hulls`)."""
+    if hulls._signed_area(vertices) < 0:
         vertices = vertices[::-1]
-    first = int(np.lexsort((vertices[:, 1], vertices[:, 0]))[0])
-    return np.ascontiguousarray(np.roll(vertices, -first, axis=0))
+    return hulls._start_at_lexicographic_min(vertices)
 
 
 def _pool(pts: np.ndarray, remove: int) -> tuple[np.ndarray, np.ndarray]:
