@@ -50,9 +50,16 @@ except ModuleNotFoundError as exc:  # the optional extra is not installed
         "bmc_calib.torch needs PyTorch, which is not installed: pip install 'bmc-calib[torch]'"
     ) from exc
 
-from bmc_calib import kinematics, personal, skeleton, synthetic
+from bmc_calib import kinematics, personal, skeleton
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.limits import Limits
+from bmc_calib.torch_chain import (
+    FEATURE_ROWS,
+    Rotation,
+    Saved,
+    chain_backward,
+    chain_forward,
+)
 
 __all__ = [
     "FAMILIES",
@@ -74,9 +81,6 @@ try:  # torch >= 2.3
     from torch.compiler import is_compiling as _is_compiling
 except ImportError:  # pragma: no cover
     from torch._dynamo import is_compiling as _is_compiling
-_REF_A, _REF_B = skeleton.REFERENCE_JOINTS
-#: Smallest positive product used by the parallel-root-bone test (kinematics uses 1e-300).
-_SINE_FLOOR = {torch.float64: 1e-300, torch.float32: float(torch.finfo(torch.float32).tiny)}
 
 
 class TorchFeatures(NamedTuple):
@@ -95,309 +99,105 @@ class TorchFeatures(NamedTuple):
     degenerate: torch.Tensor
 
 
-# --------------------------------------------------------------------------- vector helpers
-# Inside this module poses are component-first and pose-last, like bmc_calib.kinematics:
-# joints (3, 21, N), bones (3, 5, 4, N) (finger, segment from the root bone to the tip),
-# scalars (..., N). Every elementwise op then runs over long contiguous rows of poses, which
-# both eager PyTorch and torch.compile vectorise well (an innermost axis of size 3 does not).
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(3, ...) · (3, ...) -> (...)``.
-
-    Eager: a reduction over the leading axis (cheapest backward). Compiled: two slab
-    additions, which inductor fuses as pointwise ops and recomputes in the backward instead of
-    storing.
-    """
-    product = a * b
-    if _is_compiling():
-        return product[0] + product[1] + product[2]
-    return product.sum(0)
-
-
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(3, ...) × (3, ...) -> (3, ...)``, written out per component.
-
-    (``torch.linalg.cross`` over axis 0 is several times slower on CPU, and inductor's
-    decomposition of it gathers through index arithmetic.)
-    """
-    a0, a1, a2 = a.unbind(0)
-    b0, b1, b2 = b.unbind(0)
-    return torch.stack((a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0))
-
-
-def _norm(a: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm over axis 0; only for values known to be positive (finite gradient)."""
-    return torch.sqrt(_dot(a, a))
-
-
+# --------------------------------------------------------------------------- features
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --------------------------------------------------------------------------- the template hand
-def _template_hand() -> np.ndarray:
-    """A fixed plausible right hand ``(21, 3)``, reference-bone normalised, float64.
-
-    Substituted for degenerate poses before any differentiable arithmetic (their features
-    and magnitudes are set to 0 afterwards), so the gradient of a degenerate pose is exactly
-    zero.
-    """
-    subject = synthetic.make_subjects(1, seed=0)[0]
-    angles = synthetic.ranges_radians().mean(axis=-1)  # mid-range flexion and abduction
-    joints = synthetic.forward_kinematics(subject.root_bones, angles, subject.finger_lengths)
-    return kinematics.normalize(joints)
-
-
-# --------------------------------------------------------------------------- features
-#: Poses per block of the layout copies: a block's 64 × 63 values stay in the CPU cache.
-_BLOCK = 64
-_ROWS = 3 * skeleton.NUM_JOINTS
-
-
-def _to_pose_last(joints: torch.Tensor) -> torch.Tensor:
-    """``(N, 21, 3) -> (3, 21, N)`` contiguous copy.
-
-    Two in-order passes (transpose inside each 64-pose block, then move whole 64-value rows)
-    instead of one strided copy: 1.3× faster, and about 2.5× for the inverse
-    (:func:`_to_pose_first`). The last ``N mod 64`` poses are copied directly.
-    """
-    blocks = joints.shape[0] // _BLOCK
-    n = blocks * _BLOCK
-    per_block = joints[:n].reshape(blocks, _BLOCK, skeleton.NUM_JOINTS, 3)
-    per_block = per_block.permute(0, 3, 2, 1).contiguous()  # (blocks, 3, 21, 64)
-    rows_last = per_block.view(blocks, _ROWS, _BLOCK).transpose(0, 1).contiguous()
-    out = rows_last.view(3, skeleton.NUM_JOINTS, n)
-    if n == joints.shape[0]:
-        return out
-    return torch.cat((out, joints[n:].permute(2, 1, 0)), dim=-1)
-
-
-def _to_pose_first(grad: torch.Tensor) -> torch.Tensor:
-    """``(3, 21, N) -> (N, 21, 3)`` contiguous copy, the inverse of :func:`_to_pose_last`."""
-    blocks = grad.shape[-1] // _BLOCK
-    n = blocks * _BLOCK
-    rows_first = grad[..., :n].reshape(_ROWS, blocks, _BLOCK).transpose(0, 1).contiguous()
-    per_block = rows_first.view(blocks, 3, skeleton.NUM_JOINTS, _BLOCK)
-    out = per_block.permute(0, 3, 2, 1).reshape(n, skeleton.NUM_JOINTS, 3)
-    if n == grad.shape[-1]:
-        return out
-    return torch.cat((out, grad[..., n:].permute(2, 1, 0)), dim=0)
-
-
-class _PoseLast(torch.autograd.Function):
-    """Eager ``(N, 21, 3) -> (3, 21, N)`` with a contiguous gradient in the input's layout
-    (autograd's own permute backward hands a strided view on, which costs a slow copy)."""
-
-    @staticmethod
-    def forward(joints: torch.Tensor) -> torch.Tensor:
-        return _to_pose_last(joints)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _to_pose_first(grad)
-
-
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4
-    # A custom op so that torch.compile materialises the transposed poses once: inductor
-    # otherwise folds the transposition into every later read, and vectorising over poses
-    # then needs strided scalar loads everywhere (measured: twice as slow on CPU).
-    _pose_last_op = torch.library.custom_op("bmc_calib::pose_last", mutates_args=())(_to_pose_last)
-
-    @_pose_last_op.register_fake
-    def _pose_last_fake(joints: torch.Tensor) -> torch.Tensor:
-        return joints.new_empty((joints.shape[2], joints.shape[1], joints.shape[0]))
-
-    def _pose_last_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return _to_pose_first(grad)
-
-    _pose_last_op.register_autograd(_pose_last_backward)
-else:  # pragma: no cover - older torch: same numbers, slower compiled code
-    _pose_last_op = _PoseLast.apply
-
-
-def _prepare(
-    joints: torch.Tensor, is_left: torch.Tensor | bool | None
-) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``(..., 21, 3)`` joints → contiguous ``(3, 21, N)`` in the compute dtype, left hands
-    mirrored. Returns the joints and the batch shape ``S`` (``N = prod(S)``).
-
-    ``is_left`` should live on the joints' device (a CPU tensor for CUDA joints costs a copy).
-    """
+def _flat_joints(joints: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(..., 21, 3)`` → ``(N, 21, 3)`` in the compute dtype, and the batch shape ``S``."""
     if not isinstance(joints, torch.Tensor):
         joints = torch.as_tensor(joints)
     if joints.dim() < 2 or tuple(joints.shape[-2:]) != (skeleton.NUM_JOINTS, 3):
         raise BadInputError(f"joints must have shape (..., 21, 3), got {tuple(joints.shape)}")
     batch = tuple(joints.shape[:-2])
-    j = joints.to(_compute_dtype(joints.dtype)).reshape(-1, skeleton.NUM_JOINTS, 3)
-    j = _pose_last_op(j) if _is_compiling() else _PoseLast.apply(j)
+    flat = joints.to(_compute_dtype(joints.dtype)).reshape(-1, skeleton.NUM_JOINTS, 3)
+    return flat, batch
+
+
+def _mirror_sign(
+    is_left: torch.Tensor | bool | None,
+    batch: tuple[int, ...],
+    joints: torch.Tensor,
+    always: bool = False,
+) -> torch.Tensor | None:
+    """``is_left`` in any accepted form → ``(N,)`` ±1 in the joints' dtype (−1 mirrors), or
+    None for "no left hands" unless ``always`` (compiled code: one graph for every form)."""
+    n = joints.shape[0]
     if is_left is None or is_left is False:
-        return j, batch
+        if not always:
+            return None
+        return joints.new_ones(n)
     if is_left is True:
-        x = -j[0]
-    else:
-        left = torch.broadcast_to(torch.as_tensor(is_left, device=j.device), batch).reshape(-1)
-        x = torch.where(left.to(torch.bool), -j[0], j[0])
-    return torch.cat((x[None], j[1:])), batch
+        return joints.new_full((n,), -1.0)
+    left = torch.as_tensor(is_left, device=joints.device)
+    left = torch.broadcast_to(left, batch).reshape(n)
+    return 1.0 - 2.0 * left.to(joints.dtype)
 
 
-def _normalize(j: torch.Tensor, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """DESIGN §4.1 on ``(3, 21, N)`` finite joints; returns the joints and ‖j0 − j9‖ ``(N,)``.
+def compute_features(
+    joints: torch.Tensor,
+    normalization: str = "reference-bone",
+    is_left: torch.Tensor | bool | None = None,
+) -> TorchFeatures:
+    """Differentiable :func:`bmc_calib.kinematics.compute_features` of ``(..., 21, 3)`` joints.
 
-    The reference length uses a guarded square root, so its gradient is finite even for a
-    zero reference bone.
+    See :class:`TorchFeatures` for shapes and units; ``is_left`` as in :class:`BMCLoss`.
     """
-    ref = j[:, _REF_A] - j[:, _REF_B]
-    ref_sq = _dot(ref, ref)
-    positive = ref_sq > 0
-    ref_len = torch.where(positive, torch.sqrt(torch.where(positive, ref_sq, 1.0)), 0.0)
-    if normalization == "reference-bone":
-        j = (j - j[:, _REF_B : _REF_B + 1]) / torch.where(positive, ref_len, 1.0)
-    return j, ref_len
+    kinematics.check_normalization(normalization)
+    flat, batch = _flat_joints(joints)
+    sign = _mirror_sign(is_left, batch, flat)
+    features, keep = _Features.apply(flat, sign, normalization)
+    rows = {name: features[a:b].T for name, a, b in FEATURE_ROWS}
+    return TorchFeatures(
+        rows["bone_length"].reshape(*batch, skeleton.NUM_BONES),
+        rows["palm_curvature"].reshape(*batch, 4),
+        rows["palm_angle"].reshape(*batch, 4),
+        torch.stack((rows["flexion"], rows["abduction"]), dim=-1).reshape(
+            *batch, skeleton.NUM_ANGLES, 2
+        ),
+        (~keep).reshape(batch),
+    )
 
 
-def _bones(j: torch.Tensor) -> torch.Tensor:
-    """Bones ``(3, 5, 4, N)`` of joints ``(3, 21, N)``: ``[:, f, 0]`` is the root bone of finger
-    ``f``, ``[:, f, 1 + level]`` its bone of that level; ``reshape(3, 20, N)`` is bone order."""
-    fingers = j[:, 1:].reshape(3, 5, 4, -1)
-    parents = torch.cat((j[:, :1, None].expand(-1, 5, -1, -1), fingers[:, :, :3]), dim=2)
-    return fingers - parents
+def _flatten(saved: Saved) -> list[torch.Tensor | None]:
+    """:class:`bmc_calib.torch_chain.Saved` as a flat list, for ``save_for_backward``."""
+    flat: list[torch.Tensor | None] = []
+    for item in saved:
+        flat.extend(item if isinstance(item, Rotation) else (item,))
+    return flat
 
 
-def _degenerate_mask(j: torch.Tensor, ref_len: torch.Tensor, normalization: str) -> torch.Tensor:
-    """DESIGN §4.7 with the formulas and thresholds of :mod:`bmc_calib.kinematics`.
-
-    ``j`` ``(3, 21, N)`` normalised finite joints (no autograd history needed); ``(N,)`` bool.
-    """
-    unit_len = torch.ones_like(ref_len) if normalization == "reference-bone" else ref_len
-    tiny = kinematics.ZERO_LENGTH * unit_len
-    bones = _bones(j)
-    length = _norm(bones)  # (5, 4, N)
-    zero = (length <= tiny).flatten(0, 1).any(0) | (ref_len <= 0)
-    root = bones[:, :, 0]
-    root_len = length[:, 0]
-    step = root[:, 1:] - root[:, :-1]
-    coincident = (_dot(step, step) <= tiny * tiny).any(0)
-    normal_raw = _cross(root[:, 1:], root[:, :-1])
-    cross_len = _norm(normal_raw)
-    product = (root_len[1:] * root_len[:-1]).clamp_min(_SINE_FLOOR[j.dtype])
-    parallel = (cross_len / product <= kinematics.PARALLEL_SINE).any(0)
-    normal = normal_raw / torch.where(cross_len > 0, cross_len, 1.0)
-    folded = (_norm(normal[:, 1:] + normal[:, :-1]) <= kinematics.OPPOSITE_NORMALS).any(0)
-    return zero | coincident | parallel | folded
+def _restore(ctx, skip: int = 0) -> Saved:
+    flat = list(ctx.saved_tensors[skip:])
+    items = []
+    for field in Saved._fields:
+        if field in ("rot0", "rot1"):
+            items.append(Rotation(*flat[:4]))
+            del flat[:4]
+        else:
+            items.append(flat.pop(0))
+    return Saved(*items)
 
 
-def _angles_in_frame(
-    bone: torch.Tensor, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flexion and abduction (DESIGN §4.5) of bones ``(3, 5, N)`` in frames ``(3, 5, N)``.
+class _Features(torch.autograd.Function):
+    """Features ``(58, N)`` and ``keep`` ``(N,)`` of joints ``(N, 21, 3)``
+    (:mod:`bmc_calib.torch_chain`); the backward is :func:`~bmc_calib.torch_chain.
+    chain_backward`."""
 
-    The values of kinematics' ``±atan2(|bx|, bz)`` and ``±atan2(|by|, ‖(bx, bz)‖)`` (strict
-    ``< 0`` sign rule), written as ``atan2(bx, bz)`` and ``atan2(by, h)`` so that the gradient
-    is exact at bx = 0 and by = 0 too. The one input where the two forms differ, ``bx = −0.0``
-    with ``bz < 0`` (atan2 gives −π, the ``< 0`` rule +π), is mapped to +π; atan2 at (0, 0)
-    is fed the safe argument (0, 1), so its gradient stays finite. Selections are written as
-    arithmetic blends with 0/1 multipliers (no boolean tensors reach the backward pass).
-    """
-    bx, by, bz = _dot(bone, x), _dot(bone, y), _dot(bone, z)
-    h_sq = bx * bx + bz * bz
-    along_y = (h_sq == 0).to(bx.dtype)  # 1 where (bx, bz) = (0, 0): atan2 is fed (0, 1)
-    flex = torch.atan2(bx, bz + along_y)
-    # bx = −0.0 with bz < 0: kinematics gives +π where atan2 gives −π; the shift is a
-    # constant (no mask in the backward pass: inductor 2.13 mis-compiles some such blends)
-    flex = flex + (_TWO_PI * ((bx == 0) & (flex < 0)).to(bx.dtype)).detach()
-    h = torch.sqrt(h_sq + along_y) - along_y
-    return flex, torch.atan2(by, h)
+    @staticmethod
+    def forward(ctx, joints, sign, normalization):
+        features, keep, saved = chain_forward(joints, sign, normalization)
+        ctx.save_for_backward(*_flatten(saved))
+        ctx.mark_non_differentiable(keep)
+        return features, keep
+
+    @staticmethod
+    def backward(ctx, grad_features, grad_keep):
+        return chain_backward(_restore(ctx), grad_features), None, None
 
 
-def _next_frame(
-    y: torch.Tensor, z: torch.Tensor, b_hat: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DESIGN §4.6: carry frame ``(x, y, z)`` by the smallest rotation taking z onto ``b_hat``.
-
-    That rotation is the product of the reflections through the planes normal to z and to
-    ``h = z + b̂``; on y (⟂ z) it is ``y' = y − 2 (ĥ·y) ĥ`` — the rotation of kinematics'
-    Rodrigues form, with gradients bounded by ~1/‖h‖. Antiparallel (kinematics' test
-    ``‖z × b̂‖ ≤ ALIGNED`` and ``z·b̂ < 0``): the same fixed choice x' = x, y' = −y, blended
-    with a 0/1 multiplier, and the untaken branch is fed ``h·h + 1 ≈ 1``. Returns
-    ``x' = y' × b̂``, ``y'``, ``z' = b̂``.
-    """
-    w = _cross(z, b_hat)
-    anti = ((_dot(w, w) <= kinematics.ALIGNED**2) & (_dot(z, b_hat) < 0)).to(y.dtype)
-    h = z + b_hat
-    h_hat = h * torch.rsqrt(_dot(h, h) + anti)
-    y_new = (y - 2.0 * _dot(h_hat, y) * h_hat) * (1.0 - anti) - y * anti
-    return _cross(y_new, b_hat), y_new, b_hat
-
-
-def _features(j: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Features of ``(3, 21, N)`` normalised, NON-degenerate joints (differentiable).
-
-    Returns bone length ``(20, N)``, palm curvature ``(4, N)``, palm angle ``(4, N)``, flexion
-    ``(15, N)`` and abduction ``(15, N)``. Every norm divided by is bounded away from 0 by the
-    degenerate tests, so the plain divisions are safe.
-    """
-    bones = _bones(j)  # (3, 5, 4, N)
-    length = _norm(bones)  # (5, 4, N)
-    root = bones[:, :, 0]  # (3, 5, N)
-    root_len = length[:, 0]
-    step = root[:, 1:] - root[:, :-1]  # MCP_{i+1} − MCP_i
-    normal_raw = _cross(root[:, 1:], root[:, :-1])  # n_i ∝ r_{i+1} × r_i
-    cross_len = _norm(normal_raw)
-    normal = normal_raw / cross_len
-    pair = normal[:, 1:] + normal[:, :-1]
-    pair_unit = pair / _norm(pair)
-
-    edge = torch.cat((normal[:, :1], pair_unit, normal[:, 3:]), dim=1)  # (3, 5, N)
-    curvature = _dot(edge[:, 1:] - edge[:, :-1], step) / _dot(step, step)
-    palm_angle = torch.atan2(cross_len, _dot(root[:, :-1], root[:, 1:]))
-
-    z = root / root_len
-    x = -torch.cat((normal[:, :2], pair_unit[:, 1:], normal[:, 3:]), dim=1)
-    y_raw = _cross(z, x)
-    y = y_raw / _norm(y_raw)
-    flex, abd = [], []
-    for level in range(3):
-        bone = bones[:, :, 1 + level]
-        f, a = _angles_in_frame(bone, x, y, z)
-        flex.append(f)
-        abd.append(a)
-        if level < 2:
-            x, y, z = _next_frame(y, z, bone / length[:, 1 + level])
-    bone_length = length.reshape(skeleton.NUM_BONES, -1)
-    return bone_length, curvature, palm_angle, torch.cat(flex), torch.cat(abd)
-
-
-def _flat_features(
-    j: torch.Tensor, normalization: str, template: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """Features (item-first, ``(K, N)``), then the degenerate mask ``(N,)`` (bool) and its
-    complement as a float multiplier ``(N,)``, of joints ``(3, 21, N)``.
-
-    Two passes: the degenerate tests on a copy without autograd history (as in kinematics,
-    a non-finite coordinate or one beyond :data:`bmc_calib.kinematics.COORDINATE_LIMIT`, in
-    the input unit or after normalisation, flags the pose and is set to 0 first); then the
-    features of the joints with every degenerate pose replaced by ``template`` ``(3, 21, 1)``
-    — so no arithmetic on a degenerate (possibly NaN or overflowing) pose is ever
-    differentiated — and set to 0 for degenerate poses.
-    """
-    with torch.no_grad():
-        probe = j.detach()
-        in_range = probe.abs() <= kinematics.COORDINATE_LIMIT  # False for NaN and inf
-        bounded = in_range.flatten(0, 1).all(0)
-        probe, ref_len = _normalize(torch.where(in_range, probe, 0.0), normalization)
-        if normalization == "reference-bone":
-            in_range = probe.abs() <= kinematics.COORDINATE_LIMIT
-            bounded = bounded & in_range.flatten(0, 1).all(0)
-            probe = torch.where(in_range, probe, 0.0)
-        degenerate = _degenerate_mask(probe, ref_len, normalization) | ~bounded
-        keep = (~degenerate).to(j.dtype)
-    safe, _ = _normalize(torch.where(degenerate, template, j), normalization)
-    return (*(_zero_degenerate(f, keep) for f in _features(safe)), degenerate, keep)
-
-
+# --------------------------------------------------------------------------- personal
 def _group_ids(group: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """Any integer labels ``(N,)`` → dense ids ``0 … G−1`` ``(N,)``, without reading values on
     the host (a stable sort and a cumulative sum; shapes never depend on the data)."""
@@ -451,40 +251,6 @@ def _zero_degenerate(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     the gradient they pass on never reaches the input.
     """
     return value - (value * (1.0 - keep)).detach()
-
-
-_TEMPLATE: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-
-
-def _template(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (dtype, device)
-    if key not in _TEMPLATE:
-        _TEMPLATE[key] = torch.as_tensor(_template_hand().T[:, :, None], dtype=dtype).to(device)
-    return _TEMPLATE[key]
-
-
-def compute_features(
-    joints: torch.Tensor,
-    normalization: str = "reference-bone",
-    is_left: torch.Tensor | bool | None = None,
-) -> TorchFeatures:
-    """Differentiable :func:`bmc_calib.kinematics.compute_features` of ``(..., 21, 3)`` joints.
-
-    See :class:`TorchFeatures` for shapes and units; ``is_left`` as in :class:`BMCLoss`.
-    """
-    kinematics.check_normalization(normalization)
-    j, batch = _prepare(joints, is_left)
-    template = _template(j.dtype, j.device)
-    length, curvature, palm_angle, flex, abd, degenerate, _ = _flat_features(
-        j, normalization, template
-    )
-    return TorchFeatures(
-        length.T.reshape(*batch, skeleton.NUM_BONES),
-        curvature.T.reshape(*batch, 4),
-        palm_angle.T.reshape(*batch, 4),
-        torch.stack((flex.T, abd.T), dim=-1).reshape(*batch, skeleton.NUM_ANGLES, 2),
-        degenerate.reshape(batch),
-    )
 
 
 # --------------------------------------------------------------------------- hulls
@@ -570,32 +336,47 @@ def _edge_rows(tables: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
+def _eager_hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edge table ``(7, H, V)`` in the layouts :func:`_nearest_edges_eager` reads:
+    ``rows`` ``(H, 2V, 3)`` (``[n | −n·v]`` over ``[u | −u·v]``: one batched product gives
+    both edge coordinates) and ``picks`` ``(H, V, 6)`` (``n_x, n_y, u_x, u_y, L, 0``)."""
+    nx, ny, neg_n_off, ux, uy, neg_u_off, length = tables.unbind(0)
+    rows = torch.cat(
+        (torch.stack((nx, ny, neg_n_off), -1), torch.stack((ux, uy, neg_u_off), -1)), 1
+    )
+    picks = torch.stack((nx, ny, ux, uy, length, torch.zeros_like(length)), -1)
+    return rows, picks
+
+
 def _nearest_edges_eager(
-    px: torch.Tensor, py: torch.Tensor, tables: torch.Tensor, tolerance: torch.Tensor
+    px: torch.Tensor,
+    py: torch.Tensor,
+    tables: torch.Tensor,
+    tolerance: torch.Tensor,
+    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Eager form of :class:`_HullDistance`'s forward: few large kernels.
+    """Eager form of the nearest-edge search: few large kernels.
 
     One batched matrix product gives both edge coordinates of every point, ``torch.min``
-    picks the nearest edge and gathers read its terms. Returns the distance ``(H, N)``, the
-    unnormalised direction ``q n + e u`` (x and y, ``(H, N)`` each) and the inside mask.
+    picks the nearest edge and one gather reads its normal and direction. Returns the
+    distance ``(H, N)``, the unnormalised direction ``q n + e u`` (x and y, ``(H, N)`` each)
+    and the inside mask. ``layout``: :func:`_eager_hull_layout` of ``tables`` (precomputed
+    by :class:`BMCLoss`).
     """
-    nx, ny, neg_n_off, ux, uy, neg_u_off, length = tables[..., None].unbind(0)  # (H, V, 1)
-    weights = torch.cat((torch.cat((nx, ny), -1), torch.cat((ux, uy), -1)), 1)  # (H, 2V, 2)
-    offsets = torch.cat((neg_n_off, neg_u_off), 1)  # (H, 2V, 1)
+    rows, picks = _eager_hull_layout(tables) if layout is None else layout
+    n_edges = picks.shape[1]
     points = torch.stack((px, py), 1)  # (H, 2, N)
-    slack, along = torch.baddbmm(offsets, weights, points).split(nx.shape[1], 1)
-    beyond = along - torch.minimum(along.clamp_min(0.0), length)
+    slack, along = torch.baddbmm(rows[..., 2:], rows[..., :2], points).split(n_edges, 1)
+    beyond = along - along.clamp(min=picks[..., 5:], max=picks[..., 4:5])
     distances = torch.hypot(slack, beyond)  # (H, V, N), as bmc_calib.hulls computes them
     dist, nearest = torch.min(distances, dim=1)
     inside = slack.amin(1) >= -tolerance
     nearest = nearest[:, None]
-    q = slack.gather(1, nearest)[:, 0]
-    e = beyond.gather(1, nearest)[:, 0]
-
-    def pick(table: torch.Tensor) -> torch.Tensor:
-        return table.expand(distances.shape).gather(1, nearest)[:, 0]
-
-    return dist, q * pick(nx) + e * pick(ux), q * pick(ny) + e * pick(uy), inside
+    q_e = torch.stack((slack.gather(1, nearest), beyond.gather(1, nearest)), 1)  # (H,2,1,N)
+    size = (*picks.shape[:2], 4, px.shape[-1])
+    edge = picks[..., :4, None].expand(size).gather(1, nearest[:, :, None].expand(-1, -1, 4, -1))
+    direction = (q_e * edge.view(-1, 2, 2, px.shape[-1])).sum(1)  # (H, 2, N)
+    return dist, direction[:, 0], direction[:, 1], inside
 
 
 def _nearest_edges_compiled(
@@ -631,51 +412,35 @@ def _nearest_edges_compiled(
     return torch.sqrt(best_sq), best_dx, best_dy, min_slack >= -tolerance
 
 
-class _HullDistance(torch.autograd.Function):
-    """Distance of points to padded hulls with an analytic gradient (see :func:`_hull_distance`).
-
-    The forward evaluates every edge of every hull for every point without autograd history;
-    the gradient of a distance ``d`` with respect to its point is ``(q n + e u) / d`` at the
-    nearest edge (the unit vector from the nearest boundary point), 0 inside. The backward is
-    then one multiply per coordinate instead of replaying the ``(H, V, N)`` computation.
-    """
-
-    @staticmethod
-    def forward(
-        flexion: torch.Tensor,
-        abduction: torch.Tensor,
-        tables: torch.Tensor,
-        tolerance: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        nearest_edges = _nearest_edges_compiled if _is_compiling() else _nearest_edges_eager
-        dist, dx, dy, inside = nearest_edges(flexion, abduction, tables, tolerance)
-        scale = torch.where(inside, 0.0, 1.0 / dist.clamp_min(1e-30))
-        return torch.where(inside, 0.0, dist), dx * scale, dy * scale
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        _, grad_x, grad_y = output
-        ctx.save_for_backward(grad_x, grad_y)
-        ctx.mark_non_differentiable(grad_x, grad_y)
-
-    @staticmethod
-    def backward(ctx, grad_dist, grad_gx, grad_gy):
-        grad_x, grad_y = ctx.saved_tensors
-        return grad_dist * grad_x, grad_dist * grad_y, None, None
-
-
 def _hull_distance(
     flexion: torch.Tensor, abduction: torch.Tensor, tables: torch.Tensor, tolerance: torch.Tensor
 ) -> torch.Tensor:
-    """Distance (radians) of points ``(H, N)`` (unwrapped flexion, abduction) to ``H`` hulls.
+    """Distance (radians) of points ``(H, N)`` (unwrapped flexion, abduction) to ``H`` hulls
+    (no autograd; :class:`_Magnitudes` differentiates it).
 
     0 inside (tolerance included), the Euclidean distance to the polygon boundary outside.
     ``tables`` ``(7, H, V)`` is the stacked edge table (:data:`HULL_EDGE_ROWS`) and
     ``tolerance`` ``(H, 1)``. Every edge of every hull is evaluated for every point: in eager
     mode as ``(H, V, N)`` batched temporaries, compiled as one fused scan over the edges.
     """
-    dist, _, _ = _HullDistance.apply(flexion, abduction, tables, tolerance)
-    return dist
+    return _hull_distance_and_direction(flexion, abduction, tables, tolerance)[0]
+
+
+def _hull_distance_and_direction(
+    flexion: torch.Tensor,
+    abduction: torch.Tensor,
+    tables: torch.Tensor,
+    tolerance: torch.Tensor,
+    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_hull_distance` and its gradient with respect to the point, ``(H, N)`` each:
+    the unit vector from the nearest boundary point to the point, 0 inside."""
+    if _is_compiling():
+        dist, dx, dy, inside = _nearest_edges_compiled(flexion, abduction, tables, tolerance)
+    else:
+        dist, dx, dy, inside = _nearest_edges_eager(flexion, abduction, tables, tolerance, layout)
+    scale = dist.clamp_min(1e-30).reciprocal_().masked_fill_(inside, 0.0)
+    return dist.masked_fill_(inside, 0.0), dx * scale, dy * scale
 
 
 def _unwrap_flexion(flexion: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
@@ -684,22 +449,92 @@ def _unwrap_flexion(flexion: torch.Tensor, center: torch.Tensor) -> torch.Tensor
     return flexion + _TWO_PI * turns
 
 
+class _Magnitudes(torch.autograd.Function):
+    """The whole per-pose computation of :class:`BMCLoss` in one autograd node.
+
+    Inputs: joints ``(N, 21, 3)``, ``sign`` ``(N,)`` or None, the normalisation, ``bounds``
+    ``(4, 28, 1)`` (interval min, max and the weights of the two hinge sides: 1 / edge for
+    bone lengths, 1 otherwise), ``shift`` ``(43, 1)`` (where each penalty starts: 0 or the
+    tolerance), ``term_matrix`` ``(T, 43)`` (per-pose terms as weighted sums of penalties),
+    ``squared_hull`` (bool: joint-angle penalty squared), ``flexion_center`` ``(15, 1)``, the
+    hull edge table ``(7, 15, V)`` and ``hull_tolerance`` ``(15, 1)``.
+
+    Outputs: features ``(58, N)`` (0 for degenerate poses), magnitudes ``(43, N)`` (interval
+    items then joint angles, :mod:`bmc_calib.violations`' units, minus ``shift``, clamped at
+    0), per-pose terms ``(T, N)`` and ``keep`` ``(N,)``. The backward multiplies the incoming
+    gradients by derivatives saved in the forward and runs the hand-derived chain backward,
+    so autograd records one node instead of ~500.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, joints, sign, normalization, bounds, shift, term_matrix, squared_hull,
+        flexion_center, hull_edges, hull_tolerance, hull_rows, hull_picks,
+    ):  # fmt: skip
+        features, keep, saved = chain_forward(joints, sign, normalization)
+        # the two sides of each interval hinge, (lo − v)·w_lo and (v − hi)·w_hi, as v·a + b
+        low_bias, high_bias, low_slope, high_slope = bounds.unbind(0)
+        values = features[:28]
+        low_side = torch.addcmul(low_bias, values, low_slope)
+        high_side = torch.addcmul(high_bias, values, high_slope)
+        slope = torch.where(low_side > high_side, low_slope, high_slope)
+        flexion = _unwrap_flexion(features[28:43], flexion_center)
+        dist, grad_x, grad_y = _hull_distance_and_direction(
+            flexion, features[43:], hull_edges, hull_tolerance, (hull_rows, hull_picks)
+        )
+        magnitudes = torch.cat((torch.maximum(low_side, high_side), dist))
+        if shift is not None:
+            magnitudes = magnitudes - shift
+        magnitudes = magnitudes.clamp_min_(0.0).masked_fill_(saved.drop, 0.0)
+        if squared_hull:
+            penalty = torch.cat((magnitudes[:28], magnitudes[28:].square()))
+            factor = 2.0 * magnitudes[28:]
+        else:
+            penalty, factor = magnitudes, None
+        terms = torch.mm(term_matrix, penalty)
+        active = magnitudes > 0
+        # d magnitude / d feature, rows as the features (joint-angle rows twice)
+        slopes = torch.cat((slope, grad_x, grad_y)).mul_(torch.cat((active, active[28:])))
+        ctx.extra = 1 if factor is not None else 0
+        extra = [factor] if factor is not None else []
+        ctx.save_for_backward(term_matrix, slopes, *extra, *_flatten(saved))
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(keep)
+        return features, magnitudes, terms, keep
+
+    @staticmethod
+    def backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
+        term_matrix, slopes = ctx.saved_tensors[:2]
+        factor = ctx.saved_tensors[2] if ctx.extra else None
+        grad = grad_magnitudes
+        if grad_terms is not None:
+            from_terms = torch.mm(term_matrix.t(), grad_terms)
+            if factor is not None:
+                from_terms[28:].mul_(factor)
+            grad = from_terms if grad is None else grad + from_terms
+        grad_f = None if grad is None else torch.cat((grad, grad[28:])) * slopes
+        if grad_features is not None:
+            grad_f = grad_features if grad_f is None else grad_f + grad_features
+        saved = _restore(ctx, skip=2 + ctx.extra)
+        grad_joints = None if grad_f is None else chain_backward(saved, grad_f)
+        return (grad_joints, *([None] * 11))
+
+
 # --------------------------------------------------------------------------- the loss
-#: Buffers read by ``forward``; each has a float32 shadow ``_float32_<name>``.
+#: Buffers read by ``forward``, derived from the stored limits by ``_derive``; each has a
+#: float32 shadow ``_float32_<name>``.
 _FORWARD_BUFFERS: tuple[str, ...] = (
-    "bone_length_min", "bone_length_max", "bone_length_tolerance",
-    "palm_curvature_min", "palm_curvature_max", "palm_curvature_tolerance",
-    "palm_angle_min", "palm_angle_max", "palm_angle_tolerance",
-    "flexion_center", "joint_angle_tolerance", "hull_tolerance", "hull_edges", "template",
+    "bounds", "tolerance_shift", "term_matrix", "flexion_center",
+    "hull_edges", "hull_tolerance", "hull_rows", "hull_picks", "personal_allowance",
 )  # fmt: skip
 _FLOAT32 = "_float32_"
+#: Ways to penalise a joint angle outside its hull (see :class:`BMCLoss`).
+HULL_PENALTIES: tuple[str, ...] = ("linear", "squared")
 
 
-def _refresh_float32_shadows(module: nn.Module, incompatible_keys: object) -> None:
-    """``load_state_dict`` post hook: recompute the float32 shadows of the loaded buffers."""
-    with torch.no_grad():
-        for name in _FORWARD_BUFFERS:
-            getattr(module, _FLOAT32 + name).copy_(getattr(module, name))
+def _refresh_derived(module: nn.Module, incompatible_keys: object) -> None:
+    """``load_state_dict`` post hook: recompute what forward reads from the loaded limits."""
+    module._derive()
 
 
 class BMCLoss(nn.Module):
@@ -709,24 +544,32 @@ class BMCLoss(nn.Module):
         limits: the :class:`bmc_calib.limits.Limits` to enforce (see :meth:`from_bundle`).
         weights: ``(bone_length, palm, joint_angle)`` term weights (floats ``>= 0``).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (see :meth:`forward`).
-        use_tolerance: when true the hinge starts at each item's stored tolerance
-            (``max(magnitude − tolerance, 0)``) instead of at the limit itself.
+        use_tolerance: when true (the default) each penalty starts at the item's stored
+            tolerance (``max(magnitude − tolerance, 0)``), i.e. only what ``validate`` would
+            flag is penalised; false starts it at the limit itself.
         personal_weight: weight of the personal bone term, used for batches that pass
             ``group`` (see :meth:`forward`).
+        hull_penalty: ``"linear"`` (default): a joint angle outside its hull costs its
+            distance ``d`` (radians); ``"squared"``: ``d²``, as the BMC authors' code.
 
     Per pose and item, magnitudes ``m`` are those of :func:`bmc_calib.violations.
     compute_violations` (see :meth:`magnitudes`). Per pose, term losses are
-    ``w_bone · mean_k m_bone``, ``w_palm · (mean_i m_curvature + mean_i m_palm_angle)`` and
-    ``w_joint · mean_a m_joint``. ``mean`` averages them over the batch (so a term is the mean
-    over the batch and the term's items), ``sum`` sums over the batch, ``none`` keeps the batch
-    shape. Degenerate poses count in the batch with loss 0.
+    ``w_bone · mean_k p_bone``, ``w_palm · (mean_i p_curvature + mean_i p_palm_angle)`` and
+    ``w_joint · mean_a p_joint`` with penalties ``p = max(m − t, 0)`` (``t`` the tolerance or
+    0; squared for joint angles with ``hull_penalty="squared"``). ``mean`` averages them over
+    the batch (so a term is the mean over the batch and the term's items), ``sum`` sums over
+    the batch, ``none`` keeps the batch shape. Degenerate poses count in the batch with loss 0.
 
     All limits are registered buffers (``.to(device)``, ``state_dict`` and ``load_state_dict``
     work), stored in float64 — ``bone_length_min/max/tolerance``, ``palm_curvature_*``,
     ``palm_angle_*``, ``flexion_center``, ``joint_angle_tolerance``, ``hull_vertices``
     ``(15, V, 2)`` with ``hull_mask`` ``(15, V)`` (padded hulls), ``hull_tolerance`` and the
-    per-edge table ``hull_edges`` ``(7, 15, V)`` (:data:`HULL_EDGE_ROWS`) — with float32
-    copies (not saved, refreshed by ``load_state_dict``) that float32 calls read.
+    per-edge table ``hull_edges`` ``(7, 15, V)`` (:data:`HULL_EDGE_ROWS`). What forward reads
+    is derived from them (not saved; recomputed by ``load_state_dict``), with float32 copies
+    that float32 calls read.
+
+    :meth:`compile` compiles the per-pose computation once for every batch size, batch shape
+    and form of ``is_left``.
     """
 
     def __init__(
@@ -734,8 +577,9 @@ class BMCLoss(nn.Module):
         limits: Limits,
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         reduction: str = "mean",
-        use_tolerance: bool = False,
+        use_tolerance: bool = True,
         personal_weight: float = 1.0,
+        hull_penalty: str = "linear",
     ) -> None:
         super().__init__()
         weights = tuple(float(w) for w in weights)
@@ -751,12 +595,18 @@ class BMCLoss(nn.Module):
             raise UsageError(
                 f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}"
             )
+        if hull_penalty not in HULL_PENALTIES:
+            raise UsageError(
+                f"unknown hull_penalty {hull_penalty!r}; choose one of {', '.join(HULL_PENALTIES)}"
+            )
         kinematics.check_normalization(limits.normalization)
         self.normalization = limits.normalization
         self.length_unit = limits.length_unit
         self.weights = dict(zip(TERMS, weights, strict=True))
         self.reduction = reduction
         self.use_tolerance = bool(use_tolerance)
+        self.hull_penalty = hull_penalty
+        self._compiled = None
 
         def buffer(name: str, value: np.ndarray, persistent: bool = True) -> None:
             tensor = torch.as_tensor(np.ascontiguousarray(value))
@@ -773,21 +623,53 @@ class BMCLoss(nn.Module):
             buffer(f"{family}_tolerance", interval.tolerance)
         joint = limits.joint_angle
         tables = _hull_tables(joint.hulls)
-        buffer("flexion_center", joint.flexion_center)
+        buffer("flexion_center", joint.flexion_center[:, None])
         buffer("joint_angle_tolerance", joint.tolerance)
         buffer("hull_vertices", tables["vertices"])
         buffer("hull_mask", tables["mask"])
-        buffer("hull_tolerance", tables["tolerance"])
+        buffer("hull_tolerance", tables["tolerance"][:, None])
         buffer("hull_edges", _edge_rows(tables))
-        buffer("template", _template_hand().T[:, :, None], persistent=False)
         buffer("personal_allowance", personal.allowance(limits)[:, None])
-        # float32 shadows of what forward reads: casting float64 buffers inside a compiled
-        # graph converts them once per element of every loop that reads them
+        for name in ("bounds", "tolerance_shift", "term_matrix", "hull_rows", "hull_picks"):
+            self.register_buffer(name, torch.zeros(0, dtype=torch.float64), persistent=False)
         for name in _FORWARD_BUFFERS:
-            self.register_buffer(
-                _FLOAT32 + name, getattr(self, name).to(torch.float32), persistent=False
-            )
-        self.register_load_state_dict_post_hook(_refresh_float32_shadows)
+            self.register_buffer(_FLOAT32 + name, torch.zeros(0), persistent=False)
+        self._derive()
+        self.register_load_state_dict_post_hook(_refresh_derived)
+
+    def _derive(self) -> None:
+        """Compute the tables forward reads from the stored limits, and their float32 copies."""
+        with torch.no_grad():
+            families = ("bone_length", "palm_curvature", "palm_angle")
+            low = torch.cat([getattr(self, f"{f}_min") for f in families])
+            high = torch.cat([getattr(self, f"{f}_max") for f in families])
+            # bone lengths are relative to the violated edge; non-positive edges become `tiny`
+            tiny = torch.finfo(low.dtype).tiny
+            ones = torch.ones_like(low[20:])
+            low_weight = torch.cat((1.0 / torch.where(low[:20] > 0, low[:20], tiny), ones))
+            high_weight = torch.cat((1.0 / torch.where(high[:20] > 0, high[:20], tiny), ones))
+            # (lo − v)·w_lo = v·(−w_lo) + lo·w_lo and (v − hi)·w_hi = v·w_hi − hi·w_hi
+            bounds = torch.stack((low * low_weight, -high * high_weight, -low_weight, high_weight))[
+                ..., None
+            ]
+            tolerance = torch.cat(
+                [getattr(self, f"{f}_tolerance") for f in families] + [self.joint_angle_tolerance]
+            )[:, None]
+            w = self.weights
+            term_matrix = torch.zeros(len(TERMS), 43, dtype=low.dtype, device=low.device)
+            term_matrix[0, :20] = w["bone_length"] / 20
+            term_matrix[1, 20:28] = w["palm"] / 4
+            term_matrix[2, 28:] = w["joint_angle"] / 15
+            derived = {
+                "bounds": bounds,
+                "tolerance_shift": tolerance,
+                "term_matrix": term_matrix,
+            }
+            derived["hull_rows"], derived["hull_picks"] = _eager_hull_layout(self.hull_edges)
+            for name, value in derived.items():
+                setattr(self, name, value.to(self.bone_length_min.dtype))
+            for name in _FORWARD_BUFFERS:
+                setattr(self, _FLOAT32 + name, getattr(self, name).to(torch.float32))
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -796,21 +678,38 @@ class BMCLoss(nn.Module):
         path: str | os.PathLike[str],
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         reduction: str = "mean",
-        use_tolerance: bool = False,
+        use_tolerance: bool = True,
+        personal_weight: float = 1.0,
+        hull_penalty: str = "linear",
     ) -> BMCLoss:
         """A loss with the limits of the bundle at ``path`` (read and digest-checked by
         :func:`bmc_calib.bundle.read_bundle`); other arguments as in the constructor."""
         from bmc_calib.bundle import read_bundle
 
         return cls(read_bundle(path), weights=weights, reduction=reduction,
-                   use_tolerance=use_tolerance)  # fmt: skip
+                   use_tolerance=use_tolerance, personal_weight=personal_weight,
+                   hull_penalty=hull_penalty)  # fmt: skip
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{k}={v:g}" for k, v in self.weights.items())
         return (
             f"normalization={self.normalization!r}, weights=({w}), "
-            f"reduction={self.reduction!r}, use_tolerance={self.use_tolerance}"
+            f"reduction={self.reduction!r}, use_tolerance={self.use_tolerance}, "
+            f"hull_penalty={self.hull_penalty!r}"
         )
+
+    def compile(self, **kwargs: object) -> None:
+        """Compile the per-pose computation with ``torch.compile`` (``kwargs`` are passed on;
+        default ``dynamic=True``), in place, as :meth:`torch.nn.Module.compile` does.
+
+        Unlike ``torch.compile(loss)``, the batch shape is flattened and ``is_left`` turned
+        into a ``(N,)`` sign tensor *before* the compiled region, so one compilation serves
+        every batch size ≥ 2, every leading batch shape and every form of ``is_left``
+        (``None``, a bool, a tensor). ``group=`` given or not, float32 or float64, and the
+        reduction each make their own graph.
+        """
+        kwargs.setdefault("dynamic", True)
+        self._compiled = torch.compile(self._per_pose, **kwargs)
 
     # ------------------------------------------------------------------ evaluation
     def _buffer(self, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -819,55 +718,41 @@ class BMCLoss(nn.Module):
             name = _FLOAT32 + name
         return getattr(self, name).to(dtype)
 
-    def _flat_magnitudes(
-        self,
-        joints: torch.Tensor,
-        is_left: torch.Tensor | bool | None,
-        group: torch.Tensor | None = None,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, tuple[int, ...]]:
-        """Magnitudes item-first ``{family: (K, N)}``, degenerate ``(N,)`` and the batch shape."""
-        j, batch = _prepare(joints, is_left)
-        dtype = j.dtype
+    def _kernel(
+        self, joints: torch.Tensor, sign: torch.Tensor | None, shifted: bool, squared: bool
+    ) -> tuple[torch.Tensor, ...]:
+        """:class:`_Magnitudes` of flat joints ``(N, 21, 3)`` with this module's tables."""
+        dtype = joints.dtype
 
         def buf(name: str) -> torch.Tensor:
             return self._buffer(name, dtype)
 
-        def column(name: str) -> torch.Tensor:
-            return buf(name)[:, None]
+        return _Magnitudes.apply(
+            joints, sign, self.normalization, buf("bounds"),
+            buf("tolerance_shift") if shifted else None, buf("term_matrix"), squared,
+            buf("flexion_center"), buf("hull_edges"), buf("hull_tolerance"), buf("hull_rows"),
+            buf("hull_picks"),
+        )  # fmt: skip
 
-        length, curvature, palm_angle, flex, abd, degenerate, keep = _flat_features(
-            j, self.normalization, buf("template")
+    def _per_pose(
+        self, joints: torch.Tensor, sign: torch.Tensor | None, group: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(total, terms)`` of flat joints ``(N, 21, 3)``: ``terms`` ``(T, N)`` (or ``(T,)``
+        reduced), ``T`` = 3, or 4 with the personal term; what :meth:`compile` compiles."""
+        features, _, terms, keep = self._kernel(
+            joints, sign, self.use_tolerance, self.hull_penalty == "squared"
         )
-        # The interval hinges of kinematics' max(max(lo − v, v − hi), 0) as a sum of two ReLUs
-        # (equal because min <= max, checked at construction; ReLU backward needs no masks).
-        # Bone lengths relative to the violated edge; non-positive edges become `tiny`.
-        tiny = torch.finfo(dtype).tiny
-        low, high = column("bone_length_min"), column("bone_length_max")
-        low, high = torch.where(low > 0, low, tiny), torch.where(high > 0, high, tiny)
-        bone = torch.relu(1.0 - length / low) + torch.relu(length / high - 1.0)
-        curv = torch.relu(column("palm_curvature_min") - curvature) + torch.relu(
-            curvature - column("palm_curvature_max")
-        )
-        palm = torch.relu(column("palm_angle_min") - palm_angle) + torch.relu(
-            palm_angle - column("palm_angle_max")
-        )
-        joint = _hull_distance(
-            _unwrap_flexion(flex, column("flexion_center")),
-            abd,
-            buf("hull_edges"),
-            column("hull_tolerance"),
-        )
-        magnitudes = {
-            "bone_length": _zero_degenerate(bone, keep),
-            "palm_curvature": _zero_degenerate(curv, keep),
-            "palm_angle": _zero_degenerate(palm, keep),
-            "joint_angle": _zero_degenerate(joint, keep),
-        }
         if group is not None:
-            magnitudes["personal"] = _personal_magnitudes(
-                length, keep, group, self.personal_allowance.to(dtype)
+            allowance = self._buffer("personal_allowance", joints.dtype)
+            personal_mag = _personal_magnitudes(
+                features[:20], keep.to(joints.dtype), group, allowance
             )
-        return magnitudes, degenerate, batch
+            terms = torch.cat((terms, (self.personal_weight * personal_mag.mean(0))[None]))
+        if self.reduction == "mean":
+            terms = terms.mean(1)
+        elif self.reduction == "sum":
+            terms = terms.sum(1)
+        return terms.sum(0), terms
 
     def magnitudes(
         self,
@@ -889,9 +774,20 @@ class BMCLoss(nn.Module):
             "joint_angle": S + (15,), "degenerate": S (bool)}``; magnitudes ``>= 0`` in the
             units of :mod:`bmc_calib.violations`, 0 for degenerate poses. Differentiable.
         """
-        flat, degenerate, batch = self._flat_magnitudes(joints, is_left, group)
-        out = {name: value.T.reshape(*batch, value.shape[0]) for name, value in flat.items()}
-        out["degenerate"] = degenerate.reshape(batch)
+        flat, batch = _flat_joints(joints)
+        sign = _mirror_sign(is_left, batch, flat)
+        features, magnitudes, _, keep = self._kernel(flat, sign, False, False)
+        spans = {"bone_length": (0, 20), "palm_curvature": (20, 24), "palm_angle": (24, 28),
+                 "joint_angle": (28, 43)}  # fmt: skip
+        out = {name: magnitudes[a:b].T.reshape(*batch, b - a) for name, (a, b) in spans.items()}
+        if group is not None:
+            dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
+            allowance = self._buffer("personal_allowance", flat.dtype)
+            personal_mag = _personal_magnitudes(
+                features[:20], keep.to(flat.dtype), dense, allowance
+            )
+            out["personal"] = personal_mag.T.reshape(*batch, skeleton.NUM_BONES)
+        out["degenerate"] = (~keep).reshape(batch)
         return out
 
     def forward(
@@ -918,30 +814,14 @@ class BMCLoss(nn.Module):
             ``reduction="none"`` every tensor has shape ``S``, else it is a scalar (batch mean
             or sum). Units: the mixed units of the magnitudes (relative, 1/length, radians).
         """
-        flat, _, batch = self._flat_magnitudes(joints, is_left, group)
-        if self.use_tolerance:
-            dtype = flat["bone_length"].dtype
-            flat = {
-                name: value
-                if name == "personal"
-                else torch.relu(value - self._buffer(f"{name}_tolerance", dtype)[:, None])
-                for name, value in flat.items()
-            }
-        per_pose = {
-            "bone_length": self.weights["bone_length"] * flat["bone_length"].mean(0),
-            "palm": self.weights["palm"]
-            * (flat["palm_curvature"].mean(0) + flat["palm_angle"].mean(0)),
-            "joint_angle": self.weights["joint_angle"] * flat["joint_angle"].mean(0),
-        }
-        if "personal" in flat:
-            per_pose["personal"] = self.personal_weight * flat["personal"].mean(0)
+        flat, batch = _flat_joints(joints)
+        compiled = self._compiled
+        sign = _mirror_sign(is_left, batch, flat, always=compiled is not None)
+        dense = None
+        if group is not None:
+            dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
+        total, stacked = (compiled or self._per_pose)(flat, sign, dense)
+        names = TERMS + (("personal",) if group is not None else ())
         if self.reduction == "none":
-            terms = {name: value.reshape(batch) for name, value in per_pose.items()}
-        elif self.reduction == "sum":
-            terms = {name: value.sum() for name, value in per_pose.items()}
-        else:
-            terms = {name: value.mean() for name, value in per_pose.items()}
-        total = terms["bone_length"] + terms["palm"] + terms["joint_angle"]
-        if "personal" in terms:
-            total = total + terms["personal"]
-        return total, terms
+            total, stacked = total.reshape(batch), stacked.reshape(len(names), *batch)
+        return total, dict(zip(names, stacked.unbind(0), strict=True))

@@ -1,0 +1,400 @@
+"""The feature chain of :mod:`bmc_calib.kinematics` in PyTorch, with a hand-derived backward.
+
+:func:`chain_forward` computes, without autograd, the 58 features of DESIGN §4 and the
+degenerate test of §4.7 for a batch of poses; :func:`chain_backward` maps a gradient with
+respect to those features back to the joints. :mod:`bmc_calib.torch` wraps both in one
+``torch.autograd.Function``: a forward and backward pass of the loss is then about a hundred
+ATen kernels instead of the ~1,100 autograd replays of the same arithmetic (DESIGN §9,
+issue "BMCLoss ready for real training loops").
+
+Conventions (once for the module):
+
+- Joints ``(N, 21, 3)`` in canonical order, right hands (``sign`` ``(N,)`` = −1 mirrors
+  x → −x first), any length unit. ``N`` poses are the last axis of every internal tensor.
+- Bones ``(5, 4, 3, N)``: finger, segment (0 = root bone, 1–3 = phalanges), component.
+  Flattened ``(20, …)`` is :data:`bmc_calib.skeleton.BONE_CHILD` order.
+- Features ``(58, N)``, rows :data:`FEATURE_ROWS`: bone length ``[0:20]`` (normalised unit),
+  palm curvature ``[20:24]`` (1 / normalised unit), palm angle ``[24:28]`` (radians), flexion
+  ``[28:43]`` and abduction ``[43:58]`` (radians, angle id ``5 · level + finger``).
+- Frames are carried in *local* coordinates: the three phalanges of each finger are
+  expressed once in the finger's level-0 frame (one batched projection), and each level's
+  frame is the previous one rotated by the smallest rotation taking its z axis onto the bone,
+  which in local coordinates is ``T(u, w) = w − ((h·w) / k) h + 2 (u·w) e_z`` with ``u`` the
+  unit bone, ``h = u + e_z`` and ``k = 1 + u_z`` (kinematics' Rodrigues form, rewritten; ``k``
+  is evaluated as ``(u_x² + u_y²) / (1 − u_z)`` for ``u_z < 0``, accurate near π).
+  Antiparallel (``u_x² + u_y² ≤ ALIGNED²``, ``u_z < 0``): kinematics' fixed choice, a half
+  turn about x, ``T = diag(1, −1, −1)``.
+
+Degenerate poses (non-finite, out of range, zero bone, coincident MCPs, parallel root bones,
+folded palm, kinematics' thresholds) have features 0 and gradient exactly 0: every NaN or
+infinity their arithmetic produces is replaced by ``torch.where`` before it can reach another
+pose (every operation is per pose) or the output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from bmc_calib import kinematics, skeleton
+
+#: Feature rows of :func:`chain_forward`'s output, ``(name, start, stop)``.
+FEATURE_ROWS: tuple[tuple[str, int, int], ...] = (
+    ("bone_length", 0, 20),
+    ("palm_curvature", 20, 24),
+    ("palm_angle", 24, 28),
+    ("flexion", 28, 43),
+    ("abduction", 43, 58),
+)
+NUM_FEATURES = 58
+_TWO_PI = 2.0 * math.pi
+_MIDDLE = 2  # the reference bone wrist → middle MCP is the middle finger's root bone
+_REF_FLOOR = {torch.float64: 1e-300, torch.float32: float(torch.finfo(torch.float32).tiny)}
+
+
+# every degenerate test of kinematics compares with the same threshold (one comparison here)
+assert kinematics.ZERO_LENGTH == kinematics.PARALLEL_SINE == kinematics.OPPOSITE_NORMALS
+
+
+def _bone_matrix() -> np.ndarray:
+    """``(60, 63)``: flattened joints ``(21 · 3)`` → flattened bones ``(20 · 3)``."""
+    out = np.zeros((60, 63))
+    for bone, (child, parent) in enumerate(
+        zip(skeleton.BONE_CHILD, skeleton.BONE_PARENT, strict=True)
+    ):
+        for c in range(3):
+            out[3 * bone + c, 3 * child + c] = 1.0
+            out[3 * bone + c, 3 * parent + c] = -1.0
+    return out
+
+
+def _palm_matrix() -> np.ndarray:
+    """``(7, 9)``: ``(q_0..3, g_x0..4)`` → gradients of the 4 normals and 3 pair units.
+
+    The curvature gradient enters the edge normals ``e = (n_0, p_0, p_1, p_2, n_3)`` as
+    ``e_i += q_{i-1} − q_i``; the level-0 x axes are ``x = −(n_0, n_1, p_1, p_2, n_3)``.
+    """
+    edge = np.zeros((5, 4))
+    for i in range(4):
+        edge[i + 1, i] += 1.0
+        edge[i, i] -= 1.0
+    to_edge = np.zeros((7, 5))  # edge slot → row of (n_0..3, p_0..2)
+    for slot, row in enumerate((0, 4, 5, 6, 3)):
+        to_edge[row, slot] = 1.0
+    to_x = np.zeros((7, 5))
+    for slot, row in enumerate((0, 1, 5, 6, 3)):
+        to_x[row, slot] = -1.0
+    return np.concatenate((to_edge @ edge, to_x), axis=1)
+
+
+def _pair_matrix() -> np.ndarray:
+    """``(4, 3)``: gradient of the pair sums ``n_i + n_{i+1}`` → gradient of the normals."""
+    out = np.zeros((4, 3))
+    for i in range(3):
+        out[i, i] = out[i + 1, i] = 1.0
+    return out
+
+
+class _Constants(NamedTuple):
+    bone_matrix: torch.Tensor  # (60, 63)
+    palm_matrix: torch.Tensor  # (7, 9)
+    pair_matrix: torch.Tensor  # (4, 3)
+    e_y: torch.Tensor  # (3, 1)
+    e_z: torch.Tensor  # (3, 1)
+
+
+_CONSTANTS: dict[tuple[torch.dtype, torch.device], _Constants] = {}
+
+
+def _constants(dtype: torch.dtype, device: torch.device) -> _Constants:
+    key = (dtype, device)
+    if key not in _CONSTANTS:
+        arrays = (_bone_matrix(), _palm_matrix(), _pair_matrix(), [[0.0], [1.0], [0.0]],
+                  [[0.0], [0.0], [1.0]])  # fmt: skip
+        _CONSTANTS[key] = _Constants(
+            *(torch.as_tensor(np.asarray(a), dtype=dtype).to(device) for a in arrays)
+        )
+    return _CONSTANTS[key]
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, N) · (..., 3, N) -> (..., N)``."""
+    return (a * b).sum(-2)
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, N) × (..., 3, N)`` (broadcasting)."""
+    return torch.linalg.cross(a, b, dim=-2)
+
+
+def _norm(a: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, N) -> (..., N)`` (``linalg.vector_norm`` over a non-last axis is ~100×
+    slower on CPU)."""
+    return (a * a).sum(-2).sqrt()
+
+
+def _unit_backward(grad: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """Gradient through ``unit = v / ‖v‖`` (``norm`` = ‖v‖ without the component axis)."""
+    return (grad - _dot(grad, unit)[..., None, :] * unit) / norm[..., None, :]
+
+
+class Rotation(NamedTuple):
+    """One level's frame carry ``T(u, ·)`` (module docstring), fingers first, ``N`` last."""
+
+    u: torch.Tensor  # (5, 3, N) unit bone in the frame's coordinates
+    h: torch.Tensor  # (5, 3, N) u + e_z (e_y where antiparallel)
+    k: torch.Tensor  # (5, N) 1 + u_z (1/2 where antiparallel)
+    anti: torch.Tensor  # (5, N) bool
+
+
+def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotation:
+    """The carry taking e_z onto the bone ``c`` ``(5, 3, N)`` of length ``length`` ``(5, N)``.
+
+    ``k = 1 + u_z`` is evaluated as ``(u_x² + u_y²) / (1 − u_z)`` where ``u_z < 0`` (as
+    kinematics does: accurate near π). Antiparallel: ``h = e_y``, ``k = 1/2`` turn the same
+    formula into the half turn about x, ``T = diag(1, −1, −1)`` (kinematics' fixed choice).
+    """
+    u = c / length[:, None]
+    h = u + const.e_z
+    u_z = u[:, 2]
+    side_sq = (u[:, :2] * u[:, :2]).sum(1)
+    negative = u_z < 0
+    anti = (side_sq <= kinematics.ALIGNED**2) & negative
+    h[:, 2] = torch.where(negative, side_sq / (1.0 - u_z), h[:, 2])
+    h = torch.where(anti[:, None], const.e_y, h)
+    return Rotation(u, h, h[:, 2].masked_fill(anti, 0.5), anti)
+
+
+def _carry(rot: Rotation, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``T(u, w) = w − γ h + 2 (u·w) e_z`` with ``γ = (h·w) / k`` for ``w`` ``(5, M, 3, N)``;
+    returns it and ``γ`` ``(5, M, 1, N)``."""
+    both = torch.stack((rot.h, rot.u), dim=1)[:, None]  # (5, 1, 2, 3, N)
+    dots = (both * w[:, :, None]).sum(-2)  # (5, M, 2, N): h·w, u·w
+    gamma = dots[:, :, :1] / rot.k[:, None, None]  # (5, M, 1, N)
+    out = w - gamma * rot.h[:, None]
+    out[..., 2, :].add_(dots[:, :, 1], alpha=2.0)
+    return out, gamma
+
+
+def _carry_backward(
+    rot: Rotation, w: torch.Tensor, gamma: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``T(u, w)`` ``(5, M, 3, N)`` for the output gradient ``g``: ``(G_w, G_u)``
+    with ``G_u`` ``(5, 3, N)`` summed over the ``M`` vectors.
+
+    With ``β = (g·h) / k``: ``G_w = g − β h + 2 g_z u`` and (``h = u + e_z``)
+    ``G_u = (2 g_z − β) w − γ g + γ β e_z``; antiparallel, ``T`` is constant: ``G_u = 0``.
+    """
+    h = rot.h[:, None]
+    beta = (_dot(g, h) / rot.k[:, None])[:, :, None]  # (5, M, 1, N)
+    g_z = g[..., 2:, :]
+    grad_w = (g - beta * h).addcmul_(g_z, rot.u[:, None], value=2.0)
+    grad_u = torch.add(-beta, g_z, alpha=2.0) * w - gamma * g
+    grad_u[..., 2, :].add_((gamma * beta)[..., 0, :])
+    return grad_w, grad_u.sum(1).masked_fill_(rot.anti[:, None], 0.0)
+
+
+def angles_in_frame(
+    c: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Flexion and abduction (DESIGN §4.5, kinematics' values) of bones ``c`` ``(..., 3, N)``
+    given in their frames' coordinates, each ``(..., N)``, and what
+    :func:`angles_backward` needs.
+
+    Flexion ``atan2(c_x + 0.0, c_z)``: adding +0.0 turns −0.0 into +0.0, which is
+    kinematics' strict ``< 0`` sign rule (+π for ``c_x = −0``, ``c_z < 0``). Abduction
+    ``atan2(c_y, ‖(c_x, c_z)‖)``.
+    """
+    c_sq = c * c
+    h_sq = c_sq[..., 0, :] + c_sq[..., 2, :]
+    h = h_sq.sqrt()
+    flexion = torch.atan2(c[..., 0, :] + 0.0, c[..., 2, :])
+    abduction = torch.atan2(c[..., 1, :], h)
+    pole = h_sq == 0  # along ±y: both gradients are taken as 0 there
+    saved = (c, h.masked_fill(pole, 1.0), h_sq.masked_fill_(pole, 1.0), c_sq.sum(-2))
+    return flexion, abduction, saved
+
+
+def angles_backward(
+    saved: tuple[torch.Tensor, ...], grad_flex: torch.Tensor, grad_abd: torch.Tensor
+) -> torch.Tensor:
+    """Gradient ``(..., 3, N)`` w.r.t. ``c`` of :func:`angles_in_frame` for the gradients
+    ``(..., N)`` of flexion and abduction.
+
+    d flexion / dc = (e_y × c) / h² and d abduction / dc = (e_y − c_y c / ‖c‖²) / h, with
+    ``h = ‖(c_x, c_z)‖`` (both 0 along ±y, where the formulas meet 0 / 0).
+    """
+    c, h, h_sq, c_sq = saved
+    e_y = _constants(c.dtype, c.device).e_y
+    per_abd = (grad_abd / h)[..., None, :]
+    along_c = per_abd * (c[..., 1:2, :] / c_sq[..., None, :])
+    per_flex = (grad_flex / h_sq)[..., None, :]
+    grad_c = per_flex * _cross(e_y.expand_as(c), c) - along_c * c
+    grad_c[..., 1, :].add_(per_abd[..., 0, :])
+    return grad_c
+
+
+class Saved(NamedTuple):
+    """What :func:`chain_backward` needs (all from :func:`chain_forward`)."""
+
+    bones: torch.Tensor  # (5, 4, 3, N) normalised bones
+    length: torch.Tensor  # (5, 4, N)
+    scale: torch.Tensor | None  # (N,) reference length (None: normalisation "none")
+    sign: torch.Tensor | None  # (N,) ±1
+    drop: torch.Tensor  # (N,) bool, degenerate
+    normal: torch.Tensor  # (4, 3, N) unit palm normals
+    cross_len: torch.Tensor  # (4, N)
+    root_dot: torch.Tensor  # (4, N)
+    pair_unit: torch.Tensor  # (3, 3, N)
+    pair_len: torch.Tensor  # (3, N)
+    step: torch.Tensor  # (4, 3, N)
+    step_sq: torch.Tensor  # (4, N)
+    edge_diff: torch.Tensor  # (4, 3, N)
+    curvature: torch.Tensor  # (4, N)
+    frame: torch.Tensor  # (5, 3, 3, N): axes x, y, z of the level-0 frames
+    local: torch.Tensor  # (5, 3, 3, N): phalanges in the level-0 frames
+    rot0: Rotation
+    gamma0: torch.Tensor  # (5, 2, 1, N)
+    rot1: Rotation
+    gamma1: torch.Tensor  # (5, 1, 1, N)
+    carried: torch.Tensor  # (5, 1, 3, N): the distal phalanx in the level-1 frame
+    angle_bone: torch.Tensor  # (3, 5, 3, N): each level's phalanx in its own frame
+    angle_h: torch.Tensor  # (3, 5, N): ‖(c_x, c_z)‖ (1 where 0)
+    angle_h_sq: torch.Tensor  # (3, 5, N): c_x² + c_z² (1 where 0)
+    angle_c_sq: torch.Tensor  # (3, 5, N): ‖c‖²
+
+
+def chain_forward(
+    joints: torch.Tensor, sign: torch.Tensor | None, normalization: str
+) -> tuple[torch.Tensor, torch.Tensor, Saved]:
+    """Features ``(58, N)`` (0 for degenerate poses), ``keep`` ``(N,)`` (True = not degenerate)
+    and what :func:`chain_backward` needs, for joints ``(N, 21, 3)`` (no autograd)."""
+    n = joints.shape[0]
+    const = _constants(joints.dtype, joints.device)
+    flat = joints.reshape(n, 63)
+    raw = torch.mm(const.bone_matrix, flat.t()).view(5, 4, 3, n)
+    if sign is not None:
+        raw[:, :, 0].mul_(sign)
+    raw_len = (raw * raw).sum(-2).sqrt_()  # (5, 4, N)
+    ref = raw_len[_MIDDLE, 0]  # (N,) ‖j0 − j9‖
+    if normalization == "reference-bone":
+        scale: torch.Tensor | None = ref
+        bones, length = raw / ref, raw_len / ref
+    else:
+        scale, bones, length = None, raw, raw_len
+    root = bones[:, 0]  # (5, 3, N)
+    root_len = length[:, 0]
+    before, after = root[:-1], root[1:]
+    normal_raw = _cross(after, before)  # n_i ∝ r_{i+1} × r_i
+    cross_len = _norm(normal_raw)  # (4, N)
+    normal = normal_raw / cross_len[:, None]
+    root_dot = _dot(before, after)
+    palm_angle = torch.atan2(cross_len, root_dot)
+    pair = normal[1:] + normal[:-1]
+    pair_len = _norm(pair)
+    pair_unit = pair / pair_len[:, None]
+    step = after - before
+    step_sq = _dot(step, step)
+    edge = torch.cat((normal[:1], pair_unit, normal[3:]))
+    edge_diff = edge[1:] - edge[:-1]
+    curvature = _dot(edge_diff, step) / step_sq
+
+    # DESIGN §4.7: one comparison of every tested quantity, scaled to the common threshold;
+    # NaN fails it. Coordinates within COORDINATE_LIMIT, in the input unit and normalised
+    # (joint k relative to joint 9: the bones summed along the finger minus the reference).
+    sine = cross_len / (root_len[1:] * root_len[:-1]).clamp_min(_REF_FLOOR[joints.dtype])
+    if scale is None:  # thresholds are relative to the reference bone
+        tested = (length.view(20, n) / ref, step_sq * (1e7 / (ref * ref)), sine, pair_len)
+    else:
+        tested = (length.view(20, n), step_sq * 1e7, sine, pair_len)
+    keep = torch.cat(tested).amin(0) > kinematics.ZERO_LENGTH
+    keep &= flat.abs().amax(1) <= kinematics.COORDINATE_LIMIT
+    if scale is not None:
+        reach = (bones.cumsum(1) - bones[_MIDDLE, 0, None, None]).abs().amax((0, 1, 2))
+        keep &= reach <= kinematics.COORDINATE_LIMIT
+
+    z = root / root_len[:, None]
+    x = -torch.cat((normal[:2], pair_unit[1:], normal[3:]))
+    frame = torch.stack((x, _cross(z, x), z), dim=1)  # (5, axis, component, N)
+    local = (frame[:, None] * bones[:, 1:, None]).sum(-2)  # (5, phalanx, axis, N)
+    rot0 = _rotation(local[:, 0], length[:, 1], const)
+    level1, gamma0 = _carry(rot0, local[:, 1:])  # the middle and distal phalanges
+    rot1 = _rotation(level1[:, 0], length[:, 2], const)
+    carried = level1[:, 1:]
+    level2, gamma1 = _carry(rot1, carried)
+    c = torch.stack((local[:, 0], level1[:, 0], level2[:, 0]))  # (level, finger, 3, N)
+    flexion, abduction, angle_saved = angles_in_frame(c)
+    drop = ~keep
+    features = torch.cat(
+        (length.view(20, n), curvature, palm_angle, flexion.view(15, n), abduction.view(15, n))
+    ).masked_fill_(drop, 0.0)
+    saved = Saved(
+        bones, length, scale, sign, drop, normal, cross_len, root_dot, pair_unit, pair_len,
+        step, step_sq, edge_diff, curvature, frame, local, rot0, gamma0, rot1, gamma1, carried,
+        *angle_saved,
+    )  # fmt: skip
+    return features, keep, saved
+
+
+def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient ``(N, 21, 3)`` w.r.t. the joints from the gradient ``(58, N)`` w.r.t. the
+    features of :func:`chain_forward` (0 for degenerate poses)."""
+    s = saved
+    n = grad.shape[-1]
+    const = _constants(grad.dtype, grad.device)
+    grad_len = grad[:20].view(5, 4, n)
+    grad_curv, grad_palm = grad[20:24], grad[24:28]
+    grad_flex, grad_abd = grad[28:43].view(3, 5, n), grad[43:].view(3, 5, n)
+
+    grad_c = angles_backward(
+        (s.angle_bone, s.angle_h, s.angle_h_sq, s.angle_c_sq), grad_flex, grad_abd
+    )
+
+    # the frame carries, last level first
+    grad_carried, grad_u1 = _carry_backward(s.rot1, s.carried, s.gamma1, grad_c[2][:, None])
+    grad_c1 = grad_c[1] + _unit_backward(grad_u1, s.rot1.u, s.length[:, 2])
+    grad_level1 = torch.cat((grad_c1[:, None], grad_carried), dim=1)
+    grad_local12, grad_u0 = _carry_backward(s.rot0, s.local[:, 1:], s.gamma0, grad_level1)
+    grad_c0 = grad_c[0] + _unit_backward(grad_u0, s.rot0.u, s.length[:, 1])
+    grad_local = torch.cat((grad_c0[:, None], grad_local12), dim=1)  # (5, phalanx, axis, N)
+
+    # the projection onto the level-0 frames: local[f, l, a] = Σ_c frame[f, a, c] bone[f, l, c]
+    grad_phalanges = (grad_local[..., None, :] * s.frame[:, None]).sum(2)
+    grad_frame = (grad_local[:, :, :, None] * s.bones[:, 1:, None]).sum(1)
+    grad_x, grad_y, grad_z = grad_frame.unbind(1)
+    x, _, z = s.frame.unbind(1)
+    grad_root = _unit_backward(grad_z + _cross(x, grad_y), z, s.length[:, 0])
+    grad_x = grad_x + _cross(grad_y, z)
+
+    # the palm: curvature and x axes → normals and pair units
+    per_step = (grad_curv / s.step_sq)[:, None]
+    q = per_step * s.step
+    grad_step = per_step * torch.add(s.edge_diff, s.curvature[:, None] * s.step, alpha=-2.0)
+    mixed = torch.mm(const.palm_matrix, torch.cat((q, grad_x)).view(9, 3 * n)).view(7, 3, n)
+    grad_pair = _unit_backward(mixed[4:], s.pair_unit, s.pair_len).view(3, 3 * n)
+    grad_normal = torch.addmm(mixed[:4].view(4, 3 * n), const.pair_matrix, grad_pair)
+    grad_normal = grad_normal.view(4, 3, n)
+    # normal = raw / ‖raw‖, palm angle = atan2(‖raw‖, r_i · r_{i+1})
+    per_palm = grad_palm / (s.cross_len * s.cross_len + s.root_dot * s.root_dot)
+    radial = per_palm * s.root_dot * s.cross_len - _dot(grad_normal, s.normal)
+    grad_raw = (grad_normal + radial[:, None] * s.normal) / s.cross_len[:, None]
+    grad_dot = (per_palm * s.cross_len)[:, None]
+    before, after = s.bones[:-1, 0], s.bones[1:, 0]
+    grad_root[:-1].add_(_cross(grad_raw, after) - grad_dot * after - grad_step)
+    grad_root[1:].add_(_cross(before, grad_raw) - grad_dot * before + grad_step)
+
+    # bones: lengths, roots, phalanges
+    grad_bones = (grad_len / s.length)[:, :, None] * s.bones
+    grad_bones[:, 0].add_(grad_root)
+    grad_bones[:, 1:].add_(grad_phalanges)
+    if s.scale is not None:  # bones = raw / ‖raw_middle_root‖
+        radial_all = (grad_bones * s.bones).sum((0, 1, 2))
+        grad_bones[_MIDDLE, 0].sub_(radial_all * s.bones[_MIDDLE, 0])
+        grad_bones = grad_bones / s.scale
+    if s.sign is not None:
+        grad_bones[:, :, 0].mul_(s.sign)
+    grad_bones = grad_bones.masked_fill_(s.drop, 0.0).view(60, n)
+    return torch.mm(grad_bones.t(), const.bone_matrix).view(n, 21, 3)
