@@ -59,6 +59,7 @@ from bmc_calib.torch_chain import (
     Saved,
     chain_backward,
     chain_forward,
+    warm_constants,
 )
 
 __all__ = [
@@ -339,12 +340,15 @@ def _edge_rows(tables: dict[str, np.ndarray]) -> np.ndarray:
 def _eager_hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The edge table ``(7, H, V)`` in the layouts :func:`_nearest_edges_eager` reads:
     ``rows`` ``(H, 2V, 3)`` (``[n | −n·v]`` over ``[u | −u·v]``: one batched product gives
-    both edge coordinates) and ``picks`` ``(H, V, 6)`` (``n_x, n_y, u_x, u_y, L, 0``)."""
+    both edge coordinates) and ``picks`` ``(H, V, 7)`` (``n_x, n_y, u_x, u_y, L, 0, index``)."""
     nx, ny, neg_n_off, ux, uy, neg_u_off, length = tables.unbind(0)
     rows = torch.cat(
         (torch.stack((nx, ny, neg_n_off), -1), torch.stack((ux, uy, neg_u_off), -1)), 1
     )
-    picks = torch.stack((nx, ny, ux, uy, length, torch.zeros_like(length)), -1)
+    index = torch.arange(length.shape[-1], dtype=length.dtype, device=length.device)
+    picks = torch.stack(
+        (nx, ny, ux, uy, length, torch.zeros_like(length), index.expand_as(length)), -1
+    )
     return rows, picks
 
 
@@ -367,11 +371,14 @@ def _nearest_edges_eager(
     n_edges = picks.shape[1]
     points = torch.stack((px, py), 1)  # (H, 2, N)
     slack, along = torch.baddbmm(rows[..., 2:], rows[..., :2], points).split(n_edges, 1)
-    beyond = along - along.clamp(min=picks[..., 5:], max=picks[..., 4:5])
-    distances = torch.hypot(slack, beyond)  # (H, V, N), as bmc_calib.hulls computes them
-    dist, nearest = torch.min(distances, dim=1)
+    beyond = along - along.clamp(min=picks[..., 5:6], max=picks[..., 4:5])
+    squared = torch.addcmul(slack * slack, beyond, beyond)  # (H, V, N)
+    closest = squared.amin(1, keepdim=True)
+    # the nearest edge's index without torch.min's index output (several times slower on
+    # CPU): the largest index among the edges at the smallest distance (ties share a point)
+    nearest = ((squared == closest) * picks[..., 6:]).amax(1, keepdim=True).long()
+    dist = closest[:, 0].sqrt()
     inside = slack.amin(1) >= -tolerance
-    nearest = nearest[:, None]
     q_e = torch.stack((slack.gather(1, nearest), beyond.gather(1, nearest)), 1)  # (H,2,1,N)
     size = (*picks.shape[:2], 4, px.shape[-1])
     edge = picks[..., :4, None].expand(size).gather(1, nearest[:, :, None].expand(-1, -1, 4, -1))
@@ -709,6 +716,7 @@ class BMCLoss(nn.Module):
         reduction each make their own graph.
         """
         kwargs.setdefault("dynamic", True)
+        warm_constants(self.bone_length_min.device)
         self._compiled = torch.compile(self._per_pose, **kwargs)
 
     # ------------------------------------------------------------------ evaluation
@@ -820,6 +828,10 @@ class BMCLoss(nn.Module):
         dense = None
         if group is not None:
             dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
+        if compiled is not None:  # one graph for every batch size
+            for tensor in (flat, sign, dense):
+                if tensor is not None:
+                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
         total, stacked = (compiled or self._per_pose)(flat, sign, dense)
         names = TERMS + (("personal",) if group is not None else ())
         if self.reduction == "none":

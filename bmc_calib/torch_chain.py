@@ -106,18 +106,26 @@ class _Constants(NamedTuple):
     e_z: torch.Tensor  # (3, 1)
 
 
+_ARRAYS = (_bone_matrix(), _palm_matrix(), _pair_matrix(), np.array([[0.0], [1.0], [0.0]]),
+           np.array([[0.0], [0.0], [1.0]]))  # fmt: skip
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], _Constants] = {}
 
 
 def _constants(dtype: torch.dtype, device: torch.device) -> _Constants:
-    key = (dtype, device)
+    """The constant matrices in ``dtype`` on ``device`` (cached; :func:`warm_constants`
+    fills the cache before code is compiled)."""
+    key = (dtype, torch.device(device))
     if key not in _CONSTANTS:
-        arrays = (_bone_matrix(), _palm_matrix(), _pair_matrix(), [[0.0], [1.0], [0.0]],
-                  [[0.0], [0.0], [1.0]])  # fmt: skip
         _CONSTANTS[key] = _Constants(
-            *(torch.as_tensor(np.asarray(a), dtype=dtype).to(device) for a in arrays)
+            *(torch.as_tensor(a, dtype=dtype, device=device) for a in _ARRAYS)
         )
     return _CONSTANTS[key]
+
+
+def warm_constants(device: torch.device | str) -> None:
+    """Create the cached constants for float32 and float64 on ``device``."""
+    for dtype in (torch.float32, torch.float64):
+        _constants(dtype, torch.device(device))
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,19 +161,18 @@ class Rotation(NamedTuple):
 def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotation:
     """The carry taking e_z onto the bone ``c`` ``(5, 3, N)`` of length ``length`` ``(5, N)``.
 
-    ``k = 1 + u_z`` is evaluated as ``(u_x² + u_y²) / (1 − u_z)`` where ``u_z < 0`` (as
-    kinematics does: accurate near π). Antiparallel: ``h = e_y``, ``k = 1/2`` turn the same
-    formula into the half turn about x, ``T = diag(1, −1, −1)`` (kinematics' fixed choice).
+    ``k = 1 + u_z`` is evaluated as ``(u_x² + u_y² + (1 + u_z)²) / 2`` (equal on the unit
+    sphere), accurate near π where ``1 + u_z`` alone cancels (kinematics is accurate there
+    too). Antiparallel (``k ≤ ALIGNED² / 2``, i.e. kinematics' ``|z × b̂| ≤ ALIGNED``,
+    ``z·b̂ < 0``): ``h = e_y``, ``k = 1/2`` turn the same formula into the half turn about x,
+    ``T = diag(1, −1, −1)`` (kinematics' fixed choice).
     """
     u = c / length[:, None]
     h = u + const.e_z
-    u_z = u[:, 2]
-    side_sq = (u[:, :2] * u[:, :2]).sum(1)
-    negative = u_z < 0
-    anti = (side_sq <= kinematics.ALIGNED**2) & negative
-    h[:, 2] = torch.where(negative, side_sq / (1.0 - u_z), h[:, 2])
+    k = torch.addcmul((u[:, :2] * u[:, :2]).sum(1), h[:, 2], h[:, 2]).mul_(0.5)
+    anti = k <= 0.5 * kinematics.ALIGNED**2
     h = torch.where(anti[:, None], const.e_y, h)
-    return Rotation(u, h, h[:, 2].masked_fill(anti, 0.5), anti)
+    return Rotation(u, h, k.masked_fill_(anti, 0.5), anti)
 
 
 def _carry(rot: Rotation, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,6 +255,7 @@ class Saved(NamedTuple):
     normal: torch.Tensor  # (4, 3, N) unit palm normals
     cross_len: torch.Tensor  # (4, N)
     root_dot: torch.Tensor  # (4, N)
+    root_product: torch.Tensor  # (4, N) ‖r_i‖ ‖r_{i+1}‖
     pair_unit: torch.Tensor  # (3, 3, N)
     pair_len: torch.Tensor  # (3, N)
     step: torch.Tensor  # (4, 3, N)
@@ -305,7 +313,8 @@ def chain_forward(
     # DESIGN §4.7: one comparison of every tested quantity, scaled to the common threshold;
     # NaN fails it. Coordinates within COORDINATE_LIMIT, in the input unit and normalised
     # (joint k relative to joint 9: the bones summed along the finger minus the reference).
-    sine = cross_len / (root_len[1:] * root_len[:-1]).clamp_min(_REF_FLOOR[joints.dtype])
+    root_product = root_len[1:] * root_len[:-1]
+    sine = cross_len / root_product.clamp_min(_REF_FLOOR[joints.dtype])
     if scale is None:  # thresholds are relative to the reference bone
         tested = (length.view(20, n) / ref, step_sq * (1e7 / (ref * ref)), sine, pair_len)
     else:
@@ -332,7 +341,8 @@ def chain_forward(
         (length.view(20, n), curvature, palm_angle, flexion.view(15, n), abduction.view(15, n))
     ).masked_fill_(drop, 0.0)
     saved = Saved(
-        bones, length, scale, sign, drop, normal, cross_len, root_dot, pair_unit, pair_len,
+        bones, length, scale, sign, drop, normal, cross_len, root_dot, root_product, pair_unit,
+        pair_len,
         step, step_sq, edge_diff, curvature, frame, local, rot0, gamma0, rot1, gamma1, carried,
         *angle_saved,
     )  # fmt: skip
@@ -378,7 +388,8 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     grad_normal = torch.addmm(mixed[:4].view(4, 3 * n), const.pair_matrix, grad_pair)
     grad_normal = grad_normal.view(4, 3, n)
     # normal = raw / ‖raw‖, palm angle = atan2(‖raw‖, r_i · r_{i+1})
-    per_palm = grad_palm / (s.cross_len * s.cross_len + s.root_dot * s.root_dot)
+    # ‖r_i × r_{i+1}‖² + (r_i · r_{i+1})² = (‖r_i‖ ‖r_{i+1}‖)²
+    per_palm = grad_palm / s.root_product.square()
     radial = per_palm * s.root_dot * s.cross_len - _dot(grad_normal, s.normal)
     grad_raw = (grad_normal + radial[:, None] * s.normal) / s.cross_len[:, None]
     grad_dot = (per_palm * s.cross_len)[:, None]
