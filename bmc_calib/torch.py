@@ -376,7 +376,7 @@ def _nearest_edges_eager(
     closest = squared.amin(1, keepdim=True)
     # the nearest edge's index without torch.min's index output (several times slower on
     # CPU): the largest index among the edges at the smallest distance (ties share a point)
-    nearest = ((squared == closest) * picks[..., 6:]).amax(1, keepdim=True).long()
+    nearest = torch.where(squared == closest, picks[..., 6:], -1.0).amax(1, keepdim=True).long()
     dist = closest[:, 0].sqrt()
     inside = slack.amin(1) >= -tolerance
     q_e = torch.stack((slack.gather(1, nearest), beyond.gather(1, nearest)), 1)  # (H,2,1,N)
@@ -606,6 +606,9 @@ class BMCLoss(nn.Module):
             raise UsageError(
                 f"unknown hull_penalty {hull_penalty!r}; choose one of {', '.join(HULL_PENALTIES)}"
             )
+        from bmc_calib.bundle import check_limits  # the structural check every reader runs
+
+        check_limits(limits, "BMCLoss limits")
         kinematics.check_normalization(limits.normalization)
         self.normalization = limits.normalization
         self.length_unit = limits.length_unit

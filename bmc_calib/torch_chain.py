@@ -134,7 +134,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, N) × (..., 3, N)`` (broadcasting)."""
+    """``(..., 3, N) × (..., 3, N)`` (same shapes).
+
+    On CPU from rolled copies (seven kernels, 3–4× faster there than ``linalg.cross`` over a
+    non-last axis); elsewhere ``linalg.cross``, one kernel launch.
+    """
+    if a.device.type == "cpu":
+        return a.roll(-1, -2) * b.roll(-2, -2) - a.roll(-2, -2) * b.roll(-1, -2)
     return torch.linalg.cross(a, b, dim=-2)
 
 
