@@ -16,6 +16,7 @@ subclass with a one-line message that names the file.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 import h5py
 import numpy as np
 
-from bmc_calib import __version__
+from bmc_calib import __version__, skeleton
 from bmc_calib.errors import BadInputError, UnsupportedVersionError
 from bmc_calib.limits import (
     Interval,
@@ -40,7 +41,9 @@ from bmc_calib.limits import (
 from bmc_calib.outputs import atomic_path, check_writable
 
 ENCODING_TYPE = "bmc-limits"
-ENCODING_VERSION = "1.1"  # MAJOR.MINOR (1.1: optional bone_length/within_person)
+ENCODING_VERSION = "1.2"  # MAJOR.MINOR (1.1: bone_length/within_person; 1.2: attribute digest)
+#: The first minor version of major 1 whose bundles MUST carry ``/attribute_digest``.
+ATTRIBUTE_DIGEST_SINCE_MINOR = 2
 SUPPORTED_MAJOR = 1
 TOOL_NAME = "bmc-calib"
 
@@ -65,12 +68,28 @@ ATTR_ANGLE_UNIT = "angle-unit"
 ATTR_COVERAGE = "coverage"
 ATTR_DIGEST = "content-digest"
 DIGEST_PREFIX = "sha256:"
+#: Root dataset (1.2) holding the digest over the meaning-bearing attributes; as a dataset
+#: it is covered by the content digest, so removing it is detected too.
+ATTRIBUTE_DIGEST = "attribute_digest"
+#: Root attributes outside the attribute digest: they do not change what the limits mean.
+_UNDIGESTED_ROOT_ATTRS = frozenset({ATTR_TOOL_NAME, ATTR_TOOL_VERSION, ATTR_CREATED, ATTR_DIGEST})
+
+#: What a reader accepts in the root attributes that change how the limits are applied.
+SKELETONS = ("canonical-21",)
+NORMALIZATIONS = ("reference-bone", "none")
+ANGLE_UNITS = ("rad",)
+#: Length units of a ``none``-normalised bundle (``fit`` records the inputs' unit).
+LENGTH_UNITS = ("mm", "cm", "m", "unknown")
+#: Longest variable-length string a bundle may hold (bytes); longer ones are refused unread.
+MAX_STRING_BYTES = 1 << 16
+#: Most bytes of variable-length strings in one dataset.
+MAX_STRING_DATASET_BYTES = 1 << 24
 
 #: ``provenance/rejected`` value of a rule that was not applied to a source.
 RULE_NOT_APPLIED = -1
 
 _STR = h5py.string_dtype()  # variable-length UTF-8
-_VERSION_PATTERN = re.compile(r"(\d+)\.(\d+)")
+_VERSION_PATTERN = re.compile(r"([0-9]+)\.([0-9]+)")  # ASCII digits only
 _MAX_GROUP_DEPTH = 32
 _ELEMENT_ATTRS = frozenset({ATTR_TYPE, ATTR_VERSION})
 _ROOT_ATTRS = frozenset(
@@ -90,6 +109,7 @@ _ROOT_ATTRS = frozenset(
 )
 _ROOT_MEMBERS = frozenset(
     {"skeleton", "bone_length", "palm", "joint_angle", "provenance", "statistics"}
+    | {ATTRIBUTE_DIGEST}
 )
 _INTERVAL_MEMBERS = frozenset({"names", "min", "max", "tolerance", "within_person"})
 _HULL_PREFIXES = ("", "exact_", "rdp_")
@@ -114,8 +134,11 @@ class BundleInfo:
     """What :func:`inspect_bundle` found besides the limits themselves.
 
     ``digest_stored`` is ``None`` when the file has no ``content-digest`` attribute;
-    ``unknown`` lists groups, datasets (``/path``) and attributes (``/path@name``) that this
-    reader does not know (written by a newer minor version) and therefore ignored.
+    ``attribute_digest_stored`` is ``None`` when it has no ``/attribute_digest`` dataset
+    (bundles before 1.2). ``digest_ok`` is true when the content digest matches and so does
+    the attribute digest (required from 1.2 on, checked whenever present). ``unknown`` lists
+    groups, datasets (``/path``) and attributes (``/path@name``) that this reader does not
+    know (written by a newer minor version) and therefore ignored.
     """
 
     path: str
@@ -129,11 +152,32 @@ class BundleInfo:
     encoding_type: str = ENCODING_TYPE
     size_bytes: int = 0
     unknown: tuple[str, ...] = ()
+    attribute_digest_stored: str | None = None
+    attribute_digest_computed: str = ""
+    attribute_digest_required: bool = False
+
+    @property
+    def content_digest_ok(self) -> bool:
+        return self.digest_stored is not None and self.digest_stored.lower() == self.digest_computed
+
+    @property
+    def attribute_digest_ok(self) -> bool:
+        """True when the attribute digest matches, or is absent where it may be (< 1.2)."""
+        stored = self.attribute_digest_stored
+        if stored is None:
+            return not self.attribute_digest_required
+        return stored.lower() == self.attribute_digest_computed
+
+    def problem(self) -> str | None:
+        """One line (naming the file) saying why verification failed; ``None`` when it passed."""
+        return None if self.digest_ok else _digest_failure(self)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready mapping with snake_case keys."""
         info = asdict(self)
         info["unknown"] = list(self.unknown)
+        info["content_digest_ok"] = self.content_digest_ok
+        info["attribute_digest_ok"] = self.attribute_digest_ok
         return info
 
 
@@ -172,13 +216,19 @@ def read_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Limits:
 
 
 def inspect_bundle(path: str | os.PathLike[str]) -> tuple[Limits, BundleInfo]:
-    """Read a bundle and report its metadata; a bad digest is reported, not raised."""
+    """Read a bundle and report its metadata; a bad digest is reported, not raised.
+
+    Structure and meaning are always checked (:func:`check_limits`): a bundle that would
+    make a consumer fail or misapply the limits raises :class:`BadInputError`.
+    """
     label = os.fspath(path)
     with _open_bundle(label) as h5file:
         encoding_version = _check_encoding(h5file, label)
         reader = _Reader(h5file, label)
         limits = reader.limits()
         stored = _optional_text(h5file, ATTR_DIGEST, label)
+        attribute_stored = reader.attribute_digest()
+        attribute_computed = _attribute_digest(h5file, label)
         computed = _file_digest(h5file, label)
     info = BundleInfo(
         path=label,
@@ -188,11 +238,27 @@ def inspect_bundle(path: str | os.PathLike[str]) -> tuple[Limits, BundleInfo]:
         created=limits.created,
         digest_stored=stored,
         digest_computed=computed,
-        digest_ok=stored is not None and stored.lower() == computed,
+        digest_ok=False,
         size_bytes=os.path.getsize(label),
         unknown=tuple(reader.unknown),
+        attribute_digest_stored=attribute_stored,
+        attribute_digest_computed=attribute_computed,
+        attribute_digest_required=_minor_version(encoding_version) >= ATTRIBUTE_DIGEST_SINCE_MINOR,
     )
+    info.digest_ok = info.content_digest_ok and info.attribute_digest_ok
     return limits, info
+
+
+def check_limits(limits: Limits, label: str = "limits") -> None:
+    """Refuse limits that no consumer can apply correctly (one line naming ``label``).
+
+    The one structural check shared by every consumer: :func:`read_bundle` (and thus
+    ``validate``, ``merge``, ``inspect``, :class:`bmc_calib.torch.BMCLoss`) and the writer.
+    Raises :class:`BadInputError`.
+    """
+    problem = _limits_problem(limits)
+    if problem is not None:
+        raise BadInputError(f"{label}: {problem}; the bundle is corrupt or not usable")
 
 
 def content_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str:
@@ -207,6 +273,21 @@ def content_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str:
     label = os.fspath(h5file_or_path)
     with _open_bundle(label) as h5file:
         return _file_digest(h5file, label)
+
+
+def attribute_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str:
+    """Attribute digest ``"sha256:<hex>"`` of a whole HDF5 file (docs/bundle-format.md §5.2).
+
+    The digest over every attribute except the root's ``tool-name``, ``tool-version``,
+    ``created`` and ``content-digest``; stored by 1.2 writers as the ``/attribute_digest``
+    dataset.
+    """
+    if isinstance(h5file_or_path, h5py.Group):
+        h5file = h5file_or_path.file
+        return _attribute_digest(h5file, h5file.filename)
+    label = os.fspath(h5file_or_path)
+    with _open_bundle(label) as h5file:
+        return _attribute_digest(h5file, label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +307,15 @@ def _datasets(
     group: h5py.Group, prefix: str, label: str, depth: int
 ) -> Iterator[tuple[str, h5py.Dataset]]:
     """Yield ``(full path, dataset)`` for every dataset below ``group`` (hard links only)."""
+    for path, member in _members(group, prefix, label, depth):
+        if isinstance(member, h5py.Dataset):
+            yield path, member
+
+
+def _members(
+    group: h5py.Group, prefix: str, label: str, depth: int
+) -> Iterator[tuple[str, h5py.Group | h5py.Dataset]]:
+    """Yield ``(full path, object)`` for every group and dataset below ``group``."""
     if depth > _MAX_GROUP_DEPTH:
         raise BadInputError(f"{label}: groups nested deeper than {_MAX_GROUP_DEPTH} at {prefix}")
     for name in group:
@@ -238,7 +328,8 @@ def _datasets(
         if isinstance(member, h5py.Dataset):
             yield path, member
         elif isinstance(member, h5py.Group):
-            yield from _datasets(member, path, label, depth + 1)
+            yield path, member
+            yield from _members(member, path, label, depth + 1)
 
 
 def _dataset_record(path: str, dataset: h5py.Dataset, label: str) -> bytes:
@@ -247,7 +338,7 @@ def _dataset_record(path: str, dataset: h5py.Dataset, label: str) -> bytes:
         raise BadInputError(f"{label}: dataset {path} has an empty (null) dataspace")
     shape = ",".join(str(n) for n in dataset.shape)
     if h5py.check_string_dtype(dataset.dtype) is not None:
-        token, payload = "str", _string_payload(dataset)
+        token, payload = "str", _string_payload(dataset, label)
     elif dataset.dtype.kind in "biuf":
         little_endian = dataset.dtype.newbyteorder("<")
         token = little_endian.str
@@ -261,9 +352,197 @@ def _dataset_record(path: str, dataset: h5py.Dataset, label: str) -> bytes:
     return header + b"\0" + payload
 
 
-def _string_payload(dataset: h5py.Dataset) -> bytes:
-    values = np.asarray(dataset.asstr()[()], dtype=object).reshape(-1)
+def _string_payload(dataset: h5py.Dataset, label: str) -> bytes:
+    values = _read_strings(dataset, label).reshape(-1)
     return b"".join(value.encode("utf-8") + b"\0" for value in values)
+
+
+def _attribute_digest(h5file: h5py.File, label: str) -> str:
+    """SHA-256 over every attribute but the root's undigested ones (bundle-format.md §5.2)."""
+    owners: list[tuple[str, h5py.Group | h5py.Dataset]] = [("/", h5file)]
+    owners.extend(_members(h5file, "", label, depth=0))
+    records = []
+    for path, owner in owners:
+        for name in owner.attrs:
+            if path == "/" and name in _UNDIGESTED_ROOT_ATTRS:
+                continue
+            records.append((f"{path}\0{name}".encode(), path, owner, name))
+    records.sort(key=lambda item: item[0])
+    digest = hashlib.sha256()
+    for key, path, owner, name in records:
+        digest.update(key + b"\0" + _attribute_record(owner, name, f"{path}@{name}", label))
+    return DIGEST_PREFIX + digest.hexdigest()
+
+
+def _attribute_record(owner: h5py.HLObject, name: str, where: str, label: str) -> bytes:
+    """``dtype-token NUL shape NUL payload`` of one attribute (as for datasets, §5)."""
+    attr = owner.attrs.get_id(name)
+    if attr.shape is None:
+        raise BadInputError(f"{label}: attribute {where} has an empty (null) dataspace")
+    shape = ",".join(str(n) for n in attr.shape)
+    dtype = attr.dtype
+    if h5py.check_string_dtype(dtype) is not None:
+        values = np.asarray(_attribute_value(owner, name, where, label), dtype=object)
+        texts = [_as_text(v, where, label) for v in values.reshape(-1)]
+        token, payload = "str", b"".join(t.encode("utf-8") + b"\0" for t in texts)
+    elif dtype.kind in "biuf":
+        little_endian = dtype.newbyteorder("<")
+        token = little_endian.str
+        value = _attribute_value(owner, name, where, label)
+        payload = np.asarray(value, dtype=little_endian).tobytes(order="C")
+    else:
+        raise BadInputError(
+            f"{label}: attribute {where} has data type {dtype}; a bundle's attributes are "
+            "numbers or strings"
+        )
+    return f"{token}\0{shape}\0".encode() + payload
+
+
+def _attribute_value(owner: h5py.HLObject, name: str, where: str, label: str) -> object:
+    try:
+        return owner.attrs[name]
+    except (TypeError, UnicodeDecodeError, OSError) as exc:
+        raise BadInputError(f"{label}: cannot read attribute {where} ({_reason(exc)})") from None
+
+
+def _as_text(value: object, where: str, label: str) -> str:
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadInputError(f"{label}: attribute {where} is not valid UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise BadInputError(f"{label}: attribute {where} must be a string")
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded reads of variable-length strings
+# --------------------------------------------------------------------------------------------
+
+#: Signature and header size (signature, version, 3 reserved bytes, collection size) of an
+#: HDF5 global heap collection, where variable-length strings live.
+_HEAP_SIGNATURE = b"GCOL"
+_MAX_STRING_ELEMENTS = 1 << 20
+
+
+def _read_strings(dataset: h5py.Dataset, label: str) -> np.ndarray:
+    """A string dataset's values as an object array, refused unread when it is implausible.
+
+    Every element's declared length is checked against :data:`MAX_STRING_BYTES` (and the
+    dataset's total against :data:`MAX_STRING_DATASET_BYTES`) from the raw storage before
+    HDF5 reads a byte of the strings themselves: a corrupt length would make it allocate and
+    stream gigabytes.
+    """
+    _check_string_storage(dataset, label)
+    try:
+        values = dataset.asstr()[()]
+    except (TypeError, UnicodeDecodeError) as exc:  # e.g. "Unknown string encoding"
+        raise BadInputError(
+            f"{label}: cannot read strings of dataset {dataset.name} ({_reason(exc)})"
+        ) from None
+    array = np.empty(np.shape(values), dtype=object)
+    array[...] = values
+    return array
+
+
+def _check_string_storage(dataset: h5py.Dataset, label: str) -> None:
+    if dataset.shape is None:
+        raise BadInputError(f"{label}: dataset {dataset.name} has an empty (null) dataspace")
+    count = int(np.prod(dataset.shape, dtype=np.int64))
+    if count > _MAX_STRING_ELEMENTS:
+        raise BadInputError(
+            f"{label}: string dataset {dataset.name} claims {count} elements; a bundle holds "
+            f"at most {_MAX_STRING_ELEMENTS}"
+        )
+    if h5py.check_string_dtype(dataset.dtype).length is not None:
+        return  # fixed-length strings: the size is in the type, nothing variable to bound
+    lengths = _vlen_lengths(dataset, count, label)
+    if lengths is None:
+        return
+    name = dataset.name
+    if lengths.size and int(lengths.max()) > MAX_STRING_BYTES:
+        raise BadInputError(
+            f"{label}: dataset {name} claims a string of {int(lengths.max())} bytes (at most "
+            f"{MAX_STRING_BYTES} allowed); the bundle is corrupt"
+        )
+    if int(lengths.sum()) > MAX_STRING_DATASET_BYTES:
+        raise BadInputError(
+            f"{label}: dataset {name} claims {int(lengths.sum())} bytes of strings (at most "
+            f"{MAX_STRING_DATASET_BYTES} allowed); the bundle is corrupt"
+        )
+
+
+def _vlen_lengths(dataset: h5py.Dataset, count: int, label: str) -> np.ndarray | None:
+    """Declared byte lengths of a contiguous variable-length dataset, read from the file.
+
+    On disk each element is a 4-byte length followed by a global heap id (an address and a
+    4-byte index). ``None`` when the storage is not contiguous (compact or chunked): then the
+    heap check made when the file was opened is the bound.
+    """
+    dsid = dataset.id
+    offset = dsid.get_offset()
+    if offset is None or dsid.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS:
+        return None
+    sizeof_addr, _ = dataset.file.id.get_create_plist().get_sizes()
+    element = 8 + sizeof_addr
+    storage = dsid.get_storage_size()
+    if storage != count * element:
+        raise BadInputError(
+            f"{label}: string dataset {dataset.name} stores {storage} bytes for {count} "
+            "elements; the bundle is corrupt"
+        )
+    if storage == 0:
+        return np.zeros(0, dtype=np.int64)
+    with open(label, "rb") as handle:
+        handle.seek(offset)
+        raw = handle.read(storage)
+    if len(raw) != storage:
+        raise BadInputError(f"{label}: dataset {dataset.name} lies beyond the end of the file")
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(count, element)
+    return records[:, :4].copy().view("<u4").reshape(count).astype(np.int64)
+
+
+def _check_global_heaps(label: str) -> None:
+    """Refuse a file whose global heap collections HDF5 could not parse in bounded time.
+
+    Every collection (signature ``GCOL``, version 1) found in the file is walked as HDF5
+    walks it: each object must fit in the collection and the walk must advance, else HDF5
+    may loop forever on the file. Bytes that merely spell ``GCOL`` without the version and
+    reserved bytes of a header are not a collection and are ignored.
+    """
+    size = os.path.getsize(label)
+    if size == 0:
+        return
+    with open(label, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        start = m.find(_HEAP_SIGNATURE)
+        while start >= 0:
+            problem = _heap_problem(m, start, size)
+            if problem is not None:
+                raise BadInputError(
+                    f"{label}: corrupt global heap at byte {start} ({problem}); the bundle is "
+                    "corrupt"
+                )
+            start = m.find(_HEAP_SIGNATURE, start + 1)
+
+
+def _heap_problem(data: mmap.mmap, start: int, size: int) -> str | None:
+    """Why the collection at ``start`` would not parse; ``None`` when it would (or is none)."""
+    header = 16  # signature 4, version 1, reserved 3, collection size 8 (8-byte lengths)
+    if start + header > size or data[start + 4 : start + 8] != b"\x01\x00\x00\x00":
+        return None
+    end = start + int.from_bytes(data[start + 8 : start + 16], "little")
+    if end - start < header or end > size:
+        return f"collection size {end - start} does not fit in the file"
+    position = start + header
+    while position + 16 <= end:  # object: index 2, refcount 2, reserved 4, size 8, data
+        index = int.from_bytes(data[position : position + 2], "little")
+        length = int.from_bytes(data[position + 8 : position + 16], "little")
+        need = length if index == 0 else 16 + ((length + 7) // 8) * 8
+        if need < 16 or position + need > end:
+            return f"object {index} of {length} bytes does not fit in the collection"
+        position += need
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +575,9 @@ def _write_plan(plan: _Plan, root_attributes: dict[str, object], temporary: str)
             dtype = _STR if array.dtype == object else array.dtype
             h5file.create_dataset(path, data=array, dtype=dtype)
         h5file.flush()
+        h5file.create_dataset(
+            ATTRIBUTE_DIGEST, data=_attribute_digest(h5file, temporary), dtype=_STR
+        )
         digest = _file_digest(h5file, temporary)
         _set_attributes(h5file, {ATTR_DIGEST: digest})
     return digest
@@ -337,6 +619,9 @@ def _plan_limits(limits: Limits) -> _Plan:
     bad = _nonfinite_fields(limits)
     if bad:
         raise _InvalidContentError(f"non-finite values in {', '.join(bad)}")
+    problem = _limits_problem(limits)
+    if problem is not None:
+        raise _InvalidContentError(problem)
     plan = _Plan()
     _plan_skeleton(plan, limits.joint_names, limits.parents)
     _plan_interval(plan, "bone_length", limits.bone_length)
@@ -521,6 +806,149 @@ def _nonfinite_fields(limits: Limits) -> list[str]:
     return [name for name, array in _limit_arrays(limits) if not np.all(np.isfinite(array))]
 
 
+def _limits_problem(limits: Limits) -> str | None:
+    """The first reason ``limits`` cannot be applied as documented; ``None`` when they can."""
+    for check in (_meaning_problem, _interval_problem, _region_problem):
+        problem = check(limits)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _meaning_problem(limits: Limits) -> str | None:
+    """Root attributes and skeleton: values every consumer knows how to apply."""
+    texts = {
+        ATTR_SKELETON: (limits.skeleton_name, SKELETONS),
+        ATTR_NORMALIZATION: (limits.normalization, NORMALIZATIONS),
+        ATTR_ANGLE_UNIT: (limits.angle_unit, ANGLE_UNITS),
+    }
+    for name, (value, known) in texts.items():
+        if value not in known:
+            return f"unknown {name} {_shorten(str(value))!r} (known: {', '.join(known)})"
+    unit = limits.length_unit
+    if limits.normalization == "reference-bone":
+        if unit != "relative":
+            return f"length-unit {_shorten(str(unit))!r} under reference-bone normalization"
+    elif not _known_length_unit(unit):
+        return (
+            f"unknown length-unit {_shorten(str(unit))!r} (known: {', '.join(LENGTH_UNITS)}, "
+            "or 'mixed: ' and a list of them)"
+        )
+    if not _valid_coverage(limits.coverage):
+        return f"coverage {limits.coverage!r} is not a number in (0, 1]"
+    if tuple(limits.joint_names) != skeleton.JOINT_NAMES:
+        return "skeleton joint names are not the canonical-21 joints in canonical order"
+    if tuple(int(p) for p in limits.parents) != skeleton.PARENTS:
+        return "skeleton parents are not those of the canonical-21 skeleton"
+    return None
+
+
+def _known_length_unit(unit: object) -> bool:
+    if not isinstance(unit, str):
+        return False
+    if unit.startswith("mixed: "):
+        parts = unit.removeprefix("mixed: ").split(", ")
+        return len(parts) >= 2 and all(part in LENGTH_UNITS for part in parts)
+    return unit in LENGTH_UNITS
+
+
+def _interval_problem(limits: Limits) -> str | None:
+    families = (
+        ("bone_length", limits.bone_length, skeleton.BONE_NAMES),
+        ("palm/curvature", limits.palm_curvature, skeleton.PALM_NAMES),
+        ("palm/angle", limits.palm_angle, skeleton.PALM_NAMES),
+    )
+    for path, interval, names in families:
+        if tuple(interval.names) != names:
+            return (
+                f"/{path} has {len(interval.names)} items, expected the {len(names)} items "
+                f"{names[0]} … {names[-1]} in canonical order"
+            )
+        arrays = {n: np.asarray(getattr(interval, n), dtype=np.float64) for n in _INTERVAL_ARRAYS}
+        if interval.within_person is not None:
+            arrays["within_person"] = np.asarray(interval.within_person, dtype=np.float64)
+        for name, array in arrays.items():
+            if array.shape != (len(names),):
+                return f"/{path}/{name} has shape {array.shape}, expected ({len(names)},)"
+            if not np.all(np.isfinite(array)):
+                return f"non-finite values in /{path}/{name}"
+        if np.any(arrays["min"] > arrays["max"]):
+            item = names[int(np.argmax(arrays["min"] > arrays["max"]))]
+            return f"/{path} has min > max for {item}"
+        for name in ("tolerance", "within_person"):
+            if name in arrays and np.any(arrays[name] < 0):
+                return f"negative values in /{path}/{name}"
+    return None
+
+
+def _region_problem(limits: Limits) -> str | None:
+    regions = limits.joint_angle
+    count = len(skeleton.ANGLE_NAMES)
+    if tuple(regions.names) != skeleton.ANGLE_NAMES:
+        return (
+            f"/joint_angle has {len(regions.names)} angle ids, expected the {count} joints "
+            "of DESIGN §3 in canonical order"
+        )
+    shapes = {
+        "flexion_center": (count,), "coverage": (count,), "area": (count,),
+        "tolerance": (count,), "box_min": (count, 2), "box_max": (count, 2),
+    }  # fmt: skip
+    arrays = {n: np.asarray(getattr(regions, n), dtype=np.float64) for n in shapes}
+    for name, shape in shapes.items():
+        if arrays[name].shape != shape:
+            return f"/joint_angle/{name} has shape {arrays[name].shape}, expected {shape}"
+        if not np.all(np.isfinite(arrays[name])):
+            return f"non-finite values in /joint_angle/{name}"
+    if np.any(arrays["tolerance"] < 0):
+        return "negative values in /joint_angle/tolerance"
+    if np.any(arrays["area"] < 0):
+        return "negative values in /joint_angle/area"
+    if np.any((arrays["coverage"] < 0) | (arrays["coverage"] > 1)):
+        return "/joint_angle/coverage outside [0, 1]"
+    if np.any(arrays["box_min"] > arrays["box_max"]):
+        return "/joint_angle has box_min > box_max"
+    hull_lists = (regions.hulls, regions.exact_hulls, regions.rdp_hulls)
+    for prefix, hulls in zip(_HULL_PREFIXES, hull_lists, strict=True):
+        if hulls is None:
+            continue
+        if len(hulls) != count:
+            return f"/joint_angle/{prefix}hull_vertices holds {len(hulls)} polygons, not {count}"
+        for a, hull in enumerate(hulls):
+            problem = _polygon_problem(np.asarray(hull, dtype=np.float64))
+            if problem is not None:
+                name = skeleton.ANGLE_NAMES[a]
+                return f"/joint_angle/{prefix}hull_vertices polygon {a} ({name}) {problem}"
+    return None
+
+
+_INTERVAL_ARRAYS = ("min", "max", "tolerance")
+
+
+def _polygon_problem(ring: np.ndarray) -> str | None:
+    """Why ``ring`` is not a convex counter-clockwise polygon of positive area, or ``None``."""
+    if ring.ndim != 2 or ring.shape[1] != 2 or ring.shape[0] < 3:
+        return f"has shape {ring.shape}, expected (V >= 3, 2)"
+    if not np.all(np.isfinite(ring)):
+        return "has non-finite vertices"
+    scale = max(1.0, float(np.max(np.abs(ring))))
+    extent = float(np.max(np.ptp(ring, axis=0)))
+    x, y = ring[:, 0], ring[:, 1]
+    area = 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    if not abs(area) > _POLYGON_TOL * scale * max(extent, _POLYGON_TOL):
+        return "is degenerate (collinear vertices, no area)"
+    if area < 0:
+        return "is clockwise; polygons are stored counter-clockwise"
+    edge = np.roll(ring, -1, axis=0) - ring
+    turn = edge[:, 0] * np.roll(edge[:, 1], -1) - edge[:, 1] * np.roll(edge[:, 0], -1)
+    if np.any(turn < -_POLYGON_TOL * scale * scale):
+        return "is not convex"
+    return None
+
+
+#: Relative tolerance of the polygon checks (as the hull queries': 1e-12 of the scale).
+_POLYGON_TOL = 1e-9
+
+
 def _limit_arrays(limits: Limits) -> Iterator[tuple[str, np.ndarray]]:
     intervals = (
         ("bone_length", limits.bone_length),
@@ -553,8 +981,11 @@ def _open_bundle(label: str) -> Iterator[h5py.File]:
     except OSError as exc:
         raise BadInputError(f"{label}: cannot open HDF5 file ({_reason(exc)})") from exc
     try:
+        if h5file.id.get_create_plist().get_sizes() == (8, 8):
+            _check_global_heaps(label)
         yield h5file
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        # TypeError: h5py on a corrupt datatype, e.g. "Unknown string encoding"
         raise BadInputError(f"{label}: cannot read bundle ({_reason(exc)})") from exc
     finally:
         h5file.close()
@@ -596,26 +1027,47 @@ def _check_encoding(h5file: h5py.File, label: str) -> str:
 
 def _check_version(version: str, subject: str) -> None:
     match = _VERSION_PATTERN.fullmatch(version)
+    shown = _shorten(version)
     if match is None:
-        raise BadInputError(f"{subject} {version!r} is malformed; expected MAJOR.MINOR")
-    major = int(match.group(1))
-    if major != SUPPORTED_MAJOR:
-        advice = "upgrade bmc-calib to read it" if major > SUPPORTED_MAJOR else "re-create it"
+        raise BadInputError(
+            f"{subject} {shown!r} is malformed; expected MAJOR.MINOR (ASCII digits)"
+        )
+    major = match.group(1).lstrip("0") or "0"  # no int(): a 5,000-digit major is valid text
+    if major != str(SUPPORTED_MAJOR):
+        newer = len(major) > len(str(SUPPORTED_MAJOR)) or int(major) > SUPPORTED_MAJOR
+        advice = "upgrade bmc-calib to read it" if newer else "re-create it"
         raise UnsupportedVersionError(
-            f"{subject} {version} is not supported; bmc-calib {__version__} reads "
+            f"{subject} {shown} is not supported; bmc-calib {__version__} reads "
             f"{SUPPORTED_MAJOR}.x bundles only; {advice}"
         )
+
+
+def _minor_version(version: str) -> int:
+    """Minor version of a well-formed ``MAJOR.MINOR`` (capped: no 5,000-digit ``int``)."""
+    match = _VERSION_PATTERN.fullmatch(version)
+    if match is None:
+        return 0
+    minor = match.group(2).lstrip("0") or "0"
+    return int(minor) if len(minor) <= 9 else 10**9
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _optional_text(obj: h5py.HLObject, name: str, label: str) -> str | None:
     if name not in obj.attrs:
         return None
-    value = obj.attrs[name]
-    if isinstance(value, (bytes, np.bytes_)):
-        return bytes(value).decode("utf-8")
-    if isinstance(value, str):
-        return str(value)
-    raise BadInputError(f"{label}: attribute {obj.name}@{name} must be a string")
+    where = f"{obj.name}@{name}"
+    if h5py.check_string_dtype(obj.attrs.get_id(name).dtype) is None:
+        raise BadInputError(f"{label}: attribute {where} must be a string")
+    value = _attribute_value(obj, name, where, label)
+    if np.ndim(value) != 0:
+        raise BadInputError(f"{label}: attribute {where} must be a scalar string")
+    text = _as_text(value.item() if isinstance(value, np.ndarray) else value, where, label)
+    if len(text) > MAX_STRING_BYTES:
+        raise BadInputError(f"{label}: attribute {where} is implausibly long ({len(text)} bytes)")
+    return text
 
 
 def _digest_failure(info: BundleInfo) -> str:
@@ -624,9 +1076,21 @@ def _digest_failure(info: BundleInfo) -> str:
             f"{info.path}: no {ATTR_DIGEST} attribute, so its content cannot be verified; "
             "the file was modified or not written by bmc-calib"
         )
+    if not info.content_digest_ok:
+        return (
+            f"{info.path}: content digest mismatch (stored {info.digest_stored}, computed "
+            f"{info.digest_computed}); the file was modified or corrupted"
+        )
+    if info.attribute_digest_stored is None:
+        return (
+            f"{info.path}: bundle {_shorten(info.encoding_version)} without the "
+            f"/{ATTRIBUTE_DIGEST} dataset, so its attributes cannot be verified; the file was "
+            "modified or not written by bmc-calib"
+        )
     return (
-        f"{info.path}: content digest mismatch (stored {info.digest_stored}, computed "
-        f"{info.digest_computed}); the file was modified or corrupted"
+        f"{info.path}: attribute digest mismatch (stored {info.attribute_digest_stored}, "
+        f"computed {info.attribute_digest_computed}); an attribute (normalization, a unit, "
+        "coverage, a version, a fit parameter) was modified"
     )
 
 
@@ -684,6 +1148,7 @@ class _Reader:
         bad = _nonfinite_fields(limits)
         if bad:
             raise self.fail(f"non-finite values in /{', /'.join(bad)}; the bundle is corrupt")
+        check_limits(limits, self.label)
         return limits
 
     # -- root attributes --------------------------------------------------------------------
@@ -748,7 +1213,14 @@ class _Reader:
         if h5py.check_string_dtype(dataset.dtype) is None:
             raise self.fail(f"dataset {dataset.name} must hold strings, found {dataset.dtype}")
         self.check_shape(dataset, shape)
-        return tuple(str(v) for v in np.asarray(dataset.asstr()[()], dtype=object).reshape(-1))
+        return tuple(str(v) for v in _read_strings(dataset, self.label).reshape(-1))
+
+    def attribute_digest(self) -> str | None:
+        """The stored ``/attribute_digest`` (a scalar string dataset), ``None`` if absent."""
+        if ATTRIBUTE_DIGEST not in self.file:
+            return None
+        (value,) = self.strings(self.file, ATTRIBUTE_DIGEST, ())
+        return value
 
     def note_unknown(
         self, group: h5py.Group, members: frozenset[str], attributes: frozenset[str]
@@ -860,7 +1332,9 @@ class _Reader:
         self.note_unknown(group, frozenset(group), _ELEMENT_ATTRS)
         statistics: dict[str, Value] = {}
         for name, member in group.items():
-            value = _statistic_value(member) if isinstance(member, h5py.Dataset) else None
+            value = (
+                _statistic_value(member, self.label) if isinstance(member, h5py.Dataset) else None
+            )
             if value is None:
                 self.unknown.append(f"{group.name}/{name}")
             else:
@@ -893,14 +1367,14 @@ _SCALAR_TYPES: dict[str, Callable[[object], Scalar]] = {"b": bool, "i": int, "u"
 _ARRAY_TYPES: dict[str, type] = {"b": np.bool_, "i": np.int64, "u": np.int64, "f": np.float64}
 
 
-def _statistic_value(dataset: h5py.Dataset) -> Value | None:
+def _statistic_value(dataset: h5py.Dataset, label: str) -> Value | None:
     """A statistics dataset as a Python scalar or 1-D array; ``None`` if not representable."""
     if dataset.shape is None or len(dataset.shape) > 1:
         return None
     if h5py.check_string_dtype(dataset.dtype) is not None:
-        text = dataset.asstr()[()]
+        text = _read_strings(dataset, label)
         if dataset.ndim == 0:
-            return str(text)
+            return str(text[()])
         return np.array([str(v) for v in text], dtype=str)
     kind = dataset.dtype.kind
     if kind not in _ARRAY_TYPES:

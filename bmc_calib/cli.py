@@ -389,16 +389,17 @@ def inspect(
 ) -> None:
     """Show what a bundle holds, where it came from, and whether it is intact."""
     limits, info = bundle.inspect_bundle(path)
+    problem = info.problem()
+    if verify and problem is not None and not as_json:  # the verdict before any rendering
+        _error_line(problem)
+        raise typer.Exit(EXIT_BAD_INPUT)
     result = summary.bundle_summary(limits, info)
     if as_json:
         _print_json(result)
     else:
         render.bundle_report(stderr, result)
-    if verify and not info.digest_ok:  # the JSON above already says so: no error object
-        _error_line(
-            f"{path}: content digest mismatch (stored {info.digest_stored}, computed "
-            f"{info.digest_computed}); the file was modified"
-        )
+    if verify and problem is not None:  # the JSON above already says so: no error object
+        _error_line(problem)
         raise typer.Exit(EXIT_BAD_INPUT)
 
 

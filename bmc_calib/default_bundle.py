@@ -204,11 +204,9 @@ def choose_bundle(path: str | os.PathLike[str] | None = None) -> BundleChoice:
 
 def _read(path: str, origin: str) -> BundleChoice:
     limits, info = bundle.inspect_bundle(path)
-    if not info.digest_ok:
-        raise BadInputError(
-            f"{path}: content digest mismatch (stored {info.digest_stored}, computed "
-            f"{info.digest_computed}); the bundle was modified or damaged: refit or restore it"
-        )
+    problem = info.problem()
+    if problem is not None:
+        raise BadInputError(f"{problem}; refit or restore it")
     return BundleChoice(limits=limits, path=path, origin=origin, info=info)
 
 

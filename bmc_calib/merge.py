@@ -85,11 +85,9 @@ def merge_bundles(paths: Sequence[str | os.PathLike[str]]) -> MergeResult:
     inputs, digests = [], []
     for label in labels:
         limits, info = inspect_bundle(label)
-        if not info.digest_ok:
-            raise BadInputError(
-                f"{label}: content digest mismatch (stored {info.digest_stored}, computed "
-                f"{info.digest_computed}); refusing to merge a modified bundle"
-            )
+        problem = info.problem()
+        if problem is not None:
+            raise BadInputError(f"{problem}; refusing to merge a modified bundle")
         inputs.append(limits)
         digests.append(info.digest_computed)
     return merge_limits(inputs, labels, digests)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -13,7 +14,16 @@ from bmc_calib.edits import EDIT_LABELS
 
 
 def _pct(x: Any) -> str:
-    return "–" if x is None else f"{100.0 * float(x):.1f} %"
+    value = _number(x)
+    return "–" if value is None else f"{100.0 * value:.1f} %"
+
+
+def _number(x: Any) -> float | None:
+    """``x`` as a float when it is one real number (statistics of a damaged or newer bundle
+    may hold anything), else ``None``."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return None
+    return float(x)
 
 
 def _text(x: Any) -> str:
@@ -113,17 +123,18 @@ def heldout_lines(console: Console, stats: dict[str, Any]) -> None:
     console.print(f"Tolerances: {_text(method)}", highlight=False)
     if "person_level_method" in stats:
         console.print(
-            f"Bone lengths and palm: {_text(stats['person_level_method'])}; "
-            f"{stats.get('person_level_people')} people, {stats.get('person_level_hands')} "
-            f"hands, k = {float(stats.get('person_level_factor', 0)):.2f}",
+            f"Bone lengths and palm: {_text(stats.get('person_level_method'))}; "
+            f"{_text(stats.get('person_level_people'))} people, "
+            f"{_text(stats.get('person_level_hands'))} "
+            f"hands, k = {_number(stats.get('person_level_factor')) or 0.0:.2f}",
             highlight=False,
             soft_wrap=True,
         )
     if "heldout_false_flag_rate_mean" in stats:
         console.print(
             "Held-out false-flag rate on an unseen group: "
-            f"mean {_pct(stats['heldout_false_flag_rate_mean'])}, "
-            f"worst {_pct(stats['heldout_false_flag_rate_max'])} "
+            f"mean {_pct(stats.get('heldout_false_flag_rate_mean'))}, "
+            f"worst {_pct(stats.get('heldout_false_flag_rate_max'))} "
             f"(without tolerances: {_pct(stats.get('heldout_flag_rate_without_tolerance_mean'))})",
             highlight=False,
             soft_wrap=True,

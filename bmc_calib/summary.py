@@ -161,9 +161,8 @@ def heldout_summary(limits: Limits) -> dict[str, Any] | None:
         },
     }
     for family in FAMILIES:
-        per = stats.get(f"heldout_false_flag_rate_{family}")
-        if per is not None:
-            arr = np.asarray(per, dtype=float)
+        arr = _numbers(stats.get(f"heldout_false_flag_rate_{family}"))
+        if arr is not None and arr.size:
             out["false_flag_rate"][family] = {
                 "mean": float(arr.mean()), "max": float(arr.max()), "per_group": _jsonable(arr)
             }  # fmt: skip
@@ -171,10 +170,21 @@ def heldout_summary(limits: Limits) -> dict[str, Any] | None:
         if f"heldout_edit_caught_{kind}_mean" in stats:
             out["edits_caught"][kind] = {
                 "label": edits.EDIT_LABELS[kind],
-                "mean": _jsonable(stats[f"heldout_edit_caught_{kind}_mean"]),
-                "min": _jsonable(stats[f"heldout_edit_caught_{kind}_min"]),
+                "mean": _jsonable(stats.get(f"heldout_edit_caught_{kind}_mean")),
+                "min": _jsonable(stats.get(f"heldout_edit_caught_{kind}_min")),
             }
     return out
+
+
+def _numbers(value: Any) -> np.ndarray | None:
+    """A statistic as a float array; ``None`` when it is absent or not numeric (a bundle of a
+    newer minor version, or one whose statistics were damaged)."""
+    if value is None or isinstance(value, str):
+        return None
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        return None
+    return arr.astype(float).reshape(-1)
 
 
 def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
@@ -230,6 +240,8 @@ def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
         "created": info.created,
         "content_digest": info.digest_stored,
         "content_digest_computed": info.digest_computed,
+        "attribute_digest": getattr(info, "attribute_digest_stored", None),
+        "attribute_digest_computed": getattr(info, "attribute_digest_computed", None),
         "digest_ok": bool(info.digest_ok),
         **limits_summary(limits),
     }

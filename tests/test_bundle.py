@@ -18,11 +18,19 @@ import pytest
 
 import bmc_calib
 from bmc_calib import bundle, outputs, skeleton
-from bmc_calib.bundle import content_digest, inspect_bundle, read_bundle, write_bundle
+from bmc_calib.bundle import (
+    attribute_digest,
+    content_digest,
+    inspect_bundle,
+    read_bundle,
+    write_bundle,
+)
 from bmc_calib.errors import BadInputError, UnsupportedVersionError, UsageError
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
 
 GOLDEN = Path(__file__).parent / "golden" / "limits-v1.0.h5"
+GOLDEN_1_2 = Path(__file__).parent / "golden" / "limits-v1.2.h5"
+STR = h5py.string_dtype()
 READER_FILLED = ("tool_name", "tool_version", "created")
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
@@ -160,8 +168,11 @@ def _one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
 
 
 def _rewrite_digest(path: Path) -> None:
-    """Recompute and store the digest, as a writer of a later minor version would."""
+    """Recompute and store both digests, as a writer of a later minor version would."""
     with h5py.File(path, "r+") as f:
+        if bundle.ATTRIBUTE_DIGEST in f:
+            del f[bundle.ATTRIBUTE_DIGEST]
+        f.create_dataset(bundle.ATTRIBUTE_DIGEST, data=attribute_digest(f), dtype=STR)
         f.attrs["content-digest"] = content_digest(f)
 
 
@@ -215,7 +226,9 @@ def test_rule_not_applied_to_a_source_stays_absent(tmp_path: Path, limits: Limit
 def test_file_layout_follows_the_spec(written: Path, limits: Limits) -> None:
     with h5py.File(written, "r") as f:
         assert f.attrs["encoding-type"] == "bmc-limits"
-        assert f.attrs["encoding-version"] == "1.1"
+        assert f.attrs["encoding-version"] == "1.2"
+        assert f[bundle.ATTRIBUTE_DIGEST].shape == ()
+        assert f[bundle.ATTRIBUTE_DIGEST].asstr()[()] == attribute_digest(f)
         assert f.attrs["normalization"] == "reference-bone"
         assert f.attrs["coverage"] == 0.995
         assert f["joint_angle"].attrs["encoding-type"] == "bmc-joint-angle-regions"
@@ -653,5 +666,33 @@ def test_writer_still_produces_the_golden_content(tmp_path: Path) -> None:
     """
     copy = tmp_path / "golden.h5"
     shutil.copyfile(GOLDEN, copy)
-    rewritten = write_bundle(read_bundle(copy), tmp_path / "again.h5")
-    assert rewritten == inspect_bundle(GOLDEN)[1].digest_stored
+    again = tmp_path / "again.h5"
+    write_bundle(read_bundle(copy), again)
+    with h5py.File(again, "r+") as f:  # 1.2 adds /attribute_digest; the rest is unchanged
+        del f[bundle.ATTRIBUTE_DIGEST]
+    assert content_digest(again) == inspect_bundle(GOLDEN)[1].digest_stored
+
+
+GOLDEN_1_2_DIGESTS = (
+    "sha256:6ad78abdab6e4c9271b022032b989e677d3f2b84b9f4b3b438418f2d5797db9e",
+    "sha256:acf8cafc7a0c648cee97b7c1873010eb126d90a0d295335e3d87488e5aa3f9f9",
+)
+
+
+def test_golden_1_2_bundle_reads_and_verifies_both_digests() -> None:
+    limits, info = inspect_bundle(GOLDEN_1_2)
+    assert info.encoding_version == "1.2" and info.unknown == ()
+    assert info.digest_ok and info.content_digest_ok and info.attribute_digest_ok
+    assert (info.digest_stored, info.attribute_digest_stored) == GOLDEN_1_2_DIGESTS
+    golden_1_0 = read_bundle(GOLDEN)
+    assert limits.bone_length.within_person.tolist() == [0.0625] * 20
+    limits.bone_length.within_person = None
+    _assert_limits_equal(golden_1_0, limits)
+
+
+def test_writer_still_produces_the_golden_1_2_content(tmp_path: Path) -> None:
+    """Re-writing the 1.2 golden limits gives both of its digests (see the test above)."""
+    again = tmp_path / "again.h5"
+    write_bundle(read_bundle(GOLDEN_1_2), again)
+    _, info = inspect_bundle(again)
+    assert (info.digest_stored, info.attribute_digest_stored) == GOLDEN_1_2_DIGESTS

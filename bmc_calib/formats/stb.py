@@ -72,6 +72,7 @@ def load_hand_para(path: str) -> np.ndarray:
     import scipy.io
 
     _io.require_regular(path)
+    check_mat_v5_sizes(path)
     try:
         data = scipy.io.loadmat(path, variable_names=["handPara"])
         if "handPara" not in data:
@@ -97,6 +98,84 @@ def load_hand_para(path: str) -> np.ndarray:
         if h5py.is_hdf5(path):
             return _load_v73(path)
         raise BadInputError(f"{path}: not a readable MATLAB .mat file ({_io.short(exc)})") from None
+
+
+#: MATLAB v5 data types: matrix, zlib-compressed element
+_MI_MATRIX, _MI_COMPRESSED = 14, 15
+#: mxCLASS ids of numeric arrays (double … uint64); the element size does not matter, as
+#: every stored element takes at least one byte
+_NUMERIC_CLASSES = range(6, 16)
+
+
+def check_mat_v5_sizes(path: str) -> None:
+    """Refuse a MATLAB v5 file whose elements claim more data than the file can hold.
+
+    Walks the top-level data elements (tags only; a compressed element is inflated just far
+    enough to read its matrix header) before scipy allocates anything: an element may not
+    extend past the end of the file, a compressed one may not claim more than
+    ``MAX_DEFLATE_RATIO`` times its compressed size, and a numeric matrix may not claim more
+    elements than it has bytes of storage. Files that are not v5 are left to scipy.
+    """
+    import zlib
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        header = fh.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return
+        order = "<" if header[126:128] == b"IM" else ">"
+        if int(np.frombuffer(header[124:126], dtype=f"{order}u2")[0]) != 0x0100:
+            return  # v7.3 (0x0200) is HDF5: its reader checks the declared shape
+        position = 128
+        while position + 8 <= size:
+            fh.seek(position)
+            kind, nbytes = np.frombuffer(fh.read(8), dtype=f"{order}u4").tolist()
+            if kind >> 16:  # small element: data inside the tag
+                position += 8
+                continue
+            if position + 8 + nbytes > size:
+                raise BadInputError(
+                    f"{path}: a MATLAB element at byte {position} claims {nbytes:,} bytes but "
+                    f"the file holds only {size - position - 8:,} after it; the file is "
+                    "truncated or corrupt"
+                )
+            if kind == _MI_COMPRESSED:
+                prefix = zlib.decompressobj().decompress(fh.read(min(nbytes, 1 << 16)), 256)
+                _check_matrix(path, prefix, order, _io.MAX_DEFLATE_RATIO * nbytes)
+                position += 8 + nbytes
+            else:
+                if kind == _MI_MATRIX:
+                    fh.seek(position)
+                    _check_matrix(path, fh.read(256), order, nbytes)
+                position += 8 + nbytes + (-nbytes % 8)
+
+
+def _check_matrix(path: str, element: bytes, order: str, available: int) -> None:
+    """Check one ``miMATRIX`` element (tag included) against the ``available`` bytes."""
+    if len(element) < 8:
+        return
+    kind, nbytes = np.frombuffer(element[:8], dtype=f"{order}u4").tolist()
+    if kind != _MI_MATRIX:
+        return
+    if nbytes > available:
+        raise BadInputError(
+            f"{path}: a MATLAB array claims {nbytes:,} bytes where the file holds at most "
+            f"{available:,}; the file is corrupt"
+        )
+    # array flags: tag (8) + 8 bytes, class in the lowest byte of the first word
+    if len(element) < 32:
+        return
+    flags = np.frombuffer(element[16:20], dtype=f"{order}u4")[0]
+    dims_tag = np.frombuffer(element[24:32], dtype=f"{order}u4").tolist()
+    if int(flags) & 0xFF not in _NUMERIC_CLASSES or dims_tag[0] != 5:  # miINT32 dims
+        return
+    count = dims_tag[1] // 4
+    if len(element) < 32 + 4 * count:
+        return
+    dims = np.frombuffer(element[32 : 32 + 4 * count], dtype=f"{order}i4").tolist()
+    if any(d < 0 for d in dims):
+        raise BadInputError(f"{path}: a MATLAB array has negative dimensions {tuple(dims)}")
+    _io.check_declared_size(path, "a MATLAB array", tuple(dims), np.dtype(np.uint8), nbytes)
 
 
 def _load_v73(path: str) -> np.ndarray:

@@ -1,6 +1,10 @@
-"""How ``tests/golden/limits-v1.0.h5`` was made (documentation; do not re-run casually).
+"""How the golden bundles were made (documentation; do not re-run casually).
 
-The golden bundle freezes encoding 1.0 as released: ``tests/test_bundle.py`` reads the committed
+``limits-v1.0.h5`` was written by the encoding-1.0 writer from :func:`golden_limits`;
+``limits-v1.2.h5`` (this script today) holds the same limits plus the 1.1 dataset
+``bone_length/within_person`` and the 1.2 ``/attribute_digest``.
+
+Each golden bundle freezes its encoding as released: ``tests/test_bundle.py`` reads the committed
 file and checks literal numbers in it, so a reader change that breaks old bundles fails there.
 Regenerating the file would hide exactly that, so this script refuses to overwrite it unless
 ``--force`` is given; only do that when the golden file itself was wrong, never to make a
@@ -23,7 +27,7 @@ from bmc_calib import skeleton
 from bmc_calib.bundle import write_bundle
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
 
-GOLDEN = Path(__file__).with_name("limits-v1.0.h5")
+GOLDEN = Path(__file__).with_name("limits-v1.2.h5")
 
 
 def _polygon(vertex_count: int, center: float, radius: float) -> np.ndarray:
@@ -112,7 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="overwrite the committed file")
     args = parser.parse_args()
-    digest = write_bundle(golden_limits(), GOLDEN, force=args.force)
+    limits = golden_limits()
+    limits.bone_length.within_person = np.full(20, 0.0625)  # encoding 1.1
+    digest = write_bundle(limits, GOLDEN, force=args.force)
     print(f"wrote {GOLDEN} ({digest})")
 
 
