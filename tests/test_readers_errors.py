@@ -150,7 +150,7 @@ CASES: dict[str, Case] = {
     "rhd-empty": _json_case(RHD, "", "empty file"),
     "rhd-unsafe": _write(RHD, _pickled({0: Path("x")}), "refusing to load pathlib"),
     # STB
-    "stb-truncated": _truncated(STB, _mat(handPara=np.ones((3, 21, 50))), "not a readable"),
+    "stb-truncated": _truncated(STB, _mat(handPara=np.ones((3, 21, 50))), "truncated or corrupt"),
     "stb-shape": _write(STB, _mat(handPara=np.ones((3, 20, 5))), r"found \(3, 20, 5\)"),
     "stb-missing-key": _write(STB, _mat(other=np.ones(3)), "no variable 'handPara'.*other"),
     "stb-type": _write(STB, _mat(handPara="abc"), "must be numbers|3 × 21 × N"),
