@@ -293,6 +293,10 @@ def _open(files: list[str], layout: str | None, hand: str | None, fmt: str | Non
     return sources
 
 
+#: fit reports its scratch disk use on stderr from this size on (always in --json)
+SCRATCH_NOTE_BYTES = 100_000_000
+
+
 @app.command()
 def fit(
     files: Files,
@@ -364,6 +368,7 @@ def fit(
             limits = fit_limits(sources, options, progress, extra_parameters=extra)
         digest = bundle.write_bundle(limits, output, force=force)
         result = summary.fit_summary(limits, str(output), digest)
+        result["scratch_bytes"] = int(limits.scratch_bytes)
         result["hints"] = summary.fit_hints(sources, group_by) + summary.glitch_hints(
             sources, limits, options.glitch_max_deviation
         )
@@ -374,6 +379,11 @@ def fit(
         _print_json(result)
     else:
         render.fit_report(stderr, result)
+        if result["scratch_bytes"] >= SCRATCH_NOTE_BYTES:
+            _print_lines("note", [
+                f"fit used {result['scratch_bytes'] / 1e6:,.0f} MB of scratch disk in the "
+                "temporary folder (TMPDIR), removed when it ended"
+            ])  # fmt: skip
         _print_lines("hint", result["hints"])
 
 
@@ -440,10 +450,7 @@ def features(
         check_normalization(normalization)
         check_writable(target, force)
         sources = _open(files, layout, hand, fmt, key, side, unit)
-        data = feats.pose_features(sources, normalization)
-        writer = feats.write_csv if kind == "csv" else feats.write_npz
-        writer(data, target, force=force)
-        return len(data.features)
+        return feats.write_features(sources, target, kind, normalization, force=force)
 
     n = run()
     _wrote(f"Wrote features of {n} poses to [bold]{escape(str(target))}[/bold]")

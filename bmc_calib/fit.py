@@ -1,14 +1,20 @@
 """Fit biomechanical limits to poses (DESIGN §5).
 
-Pipeline, two streaming passes over the sources (readers yield canonical right-hand chunks):
+Pipeline, two streaming passes, ONE parse per source (readers yield canonical right-hand
+chunks):
 
-1. bone lengths only (:func:`bmc_calib.kinematics.quick_bone_lengths`): exact frame counts
-   and each group's median bone lengths, for the glitch rule;
-2. all features per chunk (:func:`bmc_calib.kinematics.features_into`); degenerate frames
-   and glitches are dropped on the spot. Kept: the used frames' joint angles (float32, 120
-   bytes a pose: every hull needs every point), the extreme values of each interval column
-   (:class:`bmc_calib.quantiles.QuantileTails`, exact quantiles), and all features of an even
-   stride of at most ``tolerance_max_poses`` used frames for the tolerances.
+1. the parse: bone lengths only (:func:`bmc_calib.kinematics.quick_bone_lengths`): exact
+   frame counts and each group's median bone lengths, for the glitch rule. The canonical
+   chunks go to a scratch file (:class:`_Scratch`) unless the source is a ``.npy`` file,
+   whose plain reads cost less than the copy; the SHA-256 recorded in the provenance is
+   that of the bytes parsed (:func:`_parsed_digest`);
+2. the chunks replayed: all features per chunk (:func:`bmc_calib.kinematics.features_into`);
+   degenerate frames and glitches are dropped on the spot. Kept: the used frames' joint
+   angles (float32, 120 bytes a pose: every hull needs every point) on scratch disk, one
+   file per angle id that the hulls read back one at a time, the extreme values of each
+   interval column (:class:`bmc_calib.quantiles.QuantileTails`, exact quantiles), and all
+   features of an even stride of at most ``tolerance_max_poses`` used frames for the
+   tolerances. The results are those of an in-memory fit, bit for bit.
 
 Then
 
@@ -34,8 +40,12 @@ the default normalisation).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,7 +147,8 @@ class FitOptions:
 class Collected:
     """What the two passes keep of all frames read (see the module docstring)."""
 
-    angles: np.ndarray  # (U, 15, 2) float32, used frames
+    #: (U, 15, 2) float32 angles of the used frames, in memory or on scratch disk
+    angles: np.ndarray | _AngleStore
     angle_group: np.ndarray  # (U,) int32 group of each used frame
     intervals: dict[str, np.ndarray]  # family → (2, K) lower/upper quantiles over used frames
     sample: Features  # float32 features of the tolerance subsample (used frames only)
@@ -156,11 +167,30 @@ def fit_limits(
     options: FitOptions | None = None,
     progress: ProgressFn | None = None,
     extra_parameters: dict[str, str | int | float | bool] | None = None,
+    scratch_dir: str | None = None,
 ) -> Limits:
-    """Read ``sources`` and fit limits; see the module docstring."""
+    """Read ``sources`` and fit limits; see the module docstring.
+
+    Each source is parsed once; scratch data (see :class:`_Scratch`) goes to a private
+    folder in ``scratch_dir`` (default: the system's temporary folder, ``TMPDIR``), removed
+    when the fit ends, even when it fails; ``Limits.scratch_bytes`` says how much it held.
+    """
     opts = options or FitOptions()
     report = progress or (lambda stage, done, total: None)
-    data = collect(sources, opts, report)
+    with _Scratch(scratch_dir) as scratch:
+        data = collect(sources, opts, report, scratch)
+        limits = _fit_collected(data, sources, opts, report, extra_parameters)
+        limits.scratch_bytes = scratch.peak_bytes
+    return limits
+
+
+def _fit_collected(
+    data: Collected,
+    sources: Sequence[Source],
+    opts: FitOptions,
+    report: ProgressFn,
+    extra_parameters: dict[str, str | int | float | bool] | None,
+) -> Limits:
     used = data.angles.shape[0]
     if used < MIN_POSES:
         named = ", ".join(src.path for src in sources[:3]) + (", …" if len(sources) > 3 else "")
@@ -248,10 +278,185 @@ def _mirrored(chunk: Chunk) -> np.ndarray:
     return np.zeros(n, np.int32) if chunk.mirrored is None else chunk.mirrored.astype(np.int32)
 
 
-def _group_medians(
-    sources: Sequence[Source], options: FitOptions, groups: _Groups, report: ProgressFn
-) -> tuple[np.ndarray, int]:
-    """Pass 1: ``(2G, 20)`` median normalised bone lengths per hand, and the frame count.
+class _Scratch:
+    """The fit's scratch space: a private temporary folder, removed when the fit ends.
+
+    - Per source that is expensive to read again (anything but ``.npy``, which is streamed
+      with plain reads), the canonical chunks the one parse produced: joints in their own
+      dtype, group ids (int32) and mirrored flags (uint8), appended chunk by chunk. The
+      second pass replays them, with the same chunk boundaries, so it computes exactly what
+      a second parse would have.
+    - The used frames' joint angles, one float32 ``(U, 2)`` file per angle id, read back one
+      angle id at a time by the hulls: memory holds one angle id's points, not all 15.
+
+    Disk use (:attr:`peak_bytes`) is 120 bytes per used pose plus, for sources that are
+    replayed, 63 × itemsize + 5 bytes per frame.
+    """
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.root = tempfile.mkdtemp(prefix="bmc-calib-fit-", dir=directory)
+        self.bytes = 0
+        self.peak_bytes = 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def wrote(self, count: int) -> None:
+        self.bytes += count
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+
+    def freed(self, count: int) -> None:
+        self.bytes -= count
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> _Scratch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _disk_error(scratch: _Scratch, exc: OSError) -> BadInputError:
+    return BadInputError(
+        f"cannot write fit scratch data in {scratch.root} ({exc.strerror or exc}); free disk "
+        "space there or point TMPDIR at a folder with room"
+    )
+
+
+class _ChunkTape:
+    """The canonical chunks of one source as the first pass read them (see :class:`_Scratch`)."""
+
+    def __init__(self, scratch: _Scratch, name: str) -> None:
+        self.scratch = scratch
+        self.file = scratch.path(name)
+        self.fh = open(self.file, "wb")
+        self.meta: list[tuple[int, np.dtype]] = []
+        self.size = 0
+
+    def append(self, joints: np.ndarray, ids: np.ndarray, mirrored: np.ndarray) -> None:
+        parts = (
+            np.ascontiguousarray(joints),
+            np.ascontiguousarray(ids, np.int32),
+            np.ascontiguousarray(mirrored, np.uint8),
+        )
+        try:
+            for part in parts:
+                self.fh.write(part.tobytes() if part.size == 0 else memoryview(part).cast("B"))
+        except OSError as exc:
+            raise _disk_error(self.scratch, exc) from None
+        count = sum(p.nbytes for p in parts)
+        self.size += count
+        self.scratch.wrote(count)
+        self.meta.append((joints.shape[0], joints.dtype))
+
+    def finish(self) -> None:
+        try:
+            self.fh.close()
+        except OSError as exc:
+            raise _disk_error(self.scratch, exc) from None
+
+    def replay(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(joints, group ids, mirrored)`` per chunk, as they were appended."""
+        with open(self.file, "rb") as fh:
+            for n, dtype in self.meta:
+                joints = np.fromfile(fh, dtype, count=n * skeleton.NUM_JOINTS * 3)
+                ids = np.fromfile(fh, np.int32, count=n)
+                mirrored = np.fromfile(fh, np.uint8, count=n).astype(np.int32)
+                yield joints.reshape(n, skeleton.NUM_JOINTS, 3), ids, mirrored
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            os.remove(self.file)
+        self.scratch.freed(self.size)
+
+
+class _AngleStore:
+    """The used frames' joint angles on scratch disk: one float32 ``(U, 2)`` file per angle id.
+
+    ``column(a)`` reads angle id ``a`` of every stored frame, in the order appended; the
+    values are exactly the float32 angles an in-memory ``(U, 15, 2)`` array would hold.
+    """
+
+    def __init__(self, scratch: _Scratch) -> None:
+        self.scratch = scratch
+        self.files = [scratch.path(f"angle_{a:02d}.f32") for a in range(skeleton.NUM_ANGLES)]
+        self.handles = [open(f, "wb") for f in self.files]
+        self.size = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, skeleton.NUM_ANGLES, 2)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if block.shape[0] == 0:
+            return
+        try:
+            for a, fh in enumerate(self.handles):
+                fh.write(memoryview(np.ascontiguousarray(block[:, a])).cast("B"))
+        except OSError as exc:
+            raise _disk_error(self.scratch, exc) from None
+        self.size += block.shape[0]
+        self.scratch.wrote(block.nbytes)
+
+    def finish(self) -> None:
+        try:
+            for fh in self.handles:
+                fh.close()
+        except OSError as exc:
+            raise _disk_error(self.scratch, exc) from None
+
+    def column(self, a: int) -> np.ndarray:
+        return np.fromfile(self.files[a], np.float32).reshape(-1, 2)
+
+
+def _angle_column(angles: np.ndarray | _AngleStore, a: int) -> np.ndarray:
+    """``(U, 2)`` points of angle id ``a`` of an in-memory array or an :class:`_AngleStore`."""
+    if isinstance(angles, _AngleStore):
+        return angles.column(a)
+    return angles[:, a]
+
+
+def _signatures(src: Source) -> list[tuple[int, int, int, int] | None]:
+    return [_io.file_signature(p) for p in (src.files or [src.path])]
+
+
+def _parsed_digest(src: Source, before: list[tuple[int, int, int, int] | None]) -> str:
+    """SHA-256 of the bytes the parse just read (issue: hash what you read, as you read it).
+
+    Readers that hash as they read (``.npy``, JSON, text, pickles) have recorded the digest
+    of exactly the bytes they parsed. For the others (HDF5, ``.npz``, ``.mat``, folders)
+    the file is hashed after the parse and its size, times and inode must not have changed
+    since the parse began; otherwise the fit stops rather than record another file's hash.
+    """
+    if src.files is None:
+        digest = _io.read_digest(src.path)
+        if digest is not None:
+            return digest
+    digest = src.sha256()
+    if _signatures(src) != before:
+        raise BadInputError(
+            f"{_io.text_path(src.path)}: the file changed while fit was reading it; "
+            "rerun when it no longer changes"
+        )
+    return digest
+
+
+def _first_pass(
+    sources: Sequence[Source],
+    options: FitOptions,
+    groups: _Groups,
+    scratch: _Scratch,
+    report: ProgressFn,
+) -> tuple[np.ndarray, int, list[_ChunkTape | None], list[str]]:
+    """The only parse of each source: ``(2G, 20)`` median normalised bone lengths per hand,
+    the frame count, each source's chunk tape (None: ``.npy``, read again) and the SHA-256
+    of the bytes parsed.
 
     A hand is a group's right hands (row ``2g``) or its left hands (row ``2g + 1``): the two
     hands of one person are measured apart. Medians are taken over at most about
@@ -261,27 +466,62 @@ def _group_medians(
     """
     lengths: list[np.ndarray] = []
     hand_ids: list[np.ndarray] = []
+    tapes: list[_ChunkTape | None] = []
+    digests: list[str] = []
     total = 0
-    for src in sources:
+    for i, src in enumerate(sources):
         step = max(1, (src.frames or 0) // MEDIAN_FRAMES)
         start = 0
+        tape = None if src.rereadable else _ChunkTape(scratch, f"source_{i:05d}.bin")
+        before = _signatures(src)
+        if src.files is None:
+            _io.forget_digest(src.path)
+        src.hash_reads = True
         for chunk in src.chunks():
             n = chunk.joints.shape[0]
+            ids = groups.ids(src, chunk)
+            mirrored = _mirrored(chunk)
+            if tape is not None:
+                tape.append(chunk.joints, ids, mirrored)
             pick = np.arange((-start) % step, n, step)
             length, valid = quick_bone_lengths(chunk.joints[pick], options.normalization)
-            ids = population.hand_ids(groups.ids(src, chunk), _mirrored(chunk))[pick]
+            hands = population.hand_ids(ids, mirrored)[pick]
             lengths.append(length[valid].astype(np.float32))
-            hand_ids.append(ids[valid])
+            hand_ids.append(hands[valid])
             start += n
             total += n
             report("scanning", total, None)
+        if tape is not None:
+            tape.finish()
+        tapes.append(tape)
+        digests.append(_parsed_digest(src, before))
     hands = 2 * max(len(groups.names), 1)
     medians = np.ones((hands, skeleton.NUM_BONES))
     if lengths:
         all_lengths, all_ids = np.concatenate(lengths), np.concatenate(hand_ids)
         del lengths
         medians = population.group_medians(all_lengths, all_ids, hands)
-    return np.where(medians > 0, medians, 1.0), total  # empty hands (NaN) get 1
+    return np.where(medians > 0, medians, 1.0), total, tapes, digests  # empty hands get 1
+
+
+def _replay(
+    src: Source, tape: _ChunkTape | None, groups: _Groups, digest: str
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The second pass over one source: its chunks as the first pass saw them."""
+    if tape is not None:
+        yield from tape.replay()
+        tape.remove()
+        return
+    before = _signatures(src)
+    _io.forget_digest(src.path)
+    for chunk in src.chunks():  # a .npy file: plain reads, hashed as they go
+        yield chunk.joints, groups.ids(src, chunk), _mirrored(chunk)
+    again = _io.read_digest(src.path)
+    if (again is not None and again != digest) or (again is None and _signatures(src) != before):
+        raise BadInputError(
+            f"{_io.text_path(src.path)}: the file changed while fit was reading it; "
+            "rerun when it no longer changes"
+        )
 
 
 def _glitches(lengths: np.ndarray, medians: np.ndarray, max_deviation: float) -> np.ndarray:
@@ -292,17 +532,41 @@ def _glitches(lengths: np.ndarray, medians: np.ndarray, max_deviation: float) ->
     return (np.abs(ratio - 1.0) > max_deviation).any(axis=1)
 
 
-def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) -> Collected:
-    """Both streaming passes; see the module docstring."""
+def collect(
+    sources: Sequence[Source],
+    options: FitOptions,
+    report: ProgressFn,
+    scratch: _Scratch | None = None,
+) -> Collected:
+    """Both streaming passes; see the module docstring. Each source is parsed once (the
+    second pass replays it from ``scratch``, see :class:`_Scratch`); without ``scratch``
+    the angles are kept in memory and a private scratch folder holds the chunks."""
+    own = scratch is None
+    scratch = scratch or _Scratch()
+    try:
+        return _collect(sources, options, report, scratch, in_memory=own)
+    finally:
+        if own:
+            scratch.close()
+
+
+def _collect(
+    sources: Sequence[Source],
+    options: FitOptions,
+    report: ProgressFn,
+    scratch: _Scratch,
+    *,
+    in_memory: bool,
+) -> Collected:
     groups = _Groups(options.group_by)
-    medians, total = _group_medians(sources, options, groups, report)
+    medians, total, tapes, digests = _first_pass(sources, options, groups, scratch, report)
     tail = (1.0 - options.coverage) / 2.0
     tails = {
         "bone_length": QuantileTails(skeleton.NUM_BONES, total, tail),
         "palm_curvature": QuantileTails(4, total, tail),
         "palm_angle": QuantileTails(4, total, tail),
     }
-    angles = _Angles(total)
+    angles: _Angles | _AngleStore = _Angles(total) if in_memory else _AngleStore(scratch)
     angle_groups: list[np.ndarray] = []
     stride = max(1, int(np.ceil(total / max(options.tolerance_max_poses, 1))))
     sample_parts: list[Features] = []
@@ -312,15 +576,14 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
     rejected_total = dict.fromkeys(REJECTION_RULES, 0)
     records, units = [], []
     done = 0
-    for src in sources:
+    for src, tape, digest in zip(sources, tapes, digests, strict=True):
         counts = dict.fromkeys(REJECTION_RULES, 0)
         used_here = 0
-        for chunk in src.chunks():
-            n = chunk.joints.shape[0]
+        for joints, ids, mirrored in _replay(src, tape, groups, digest):
+            n = joints.shape[0]
             feats = empty_features(n, np.float32)
-            features_into(chunk.joints, feats, 0, options.normalization)
-            ids = groups.ids(src, chunk)
-            hand = population.hand_ids(ids, _mirrored(chunk))
+            features_into(joints, feats, 0, options.normalization)
+            hand = population.hand_ids(ids, mirrored)
             if hand.size and hand.max() >= medians.shape[0]:  # a group first seen in pass 2
                 grown = np.ones((2 * (int(hand.max()) // 2 + 1), medians.shape[1]))
                 grown[: medians.shape[0]] = medians
@@ -357,7 +620,7 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
             SourceRecord(
                 path=_io.text_path(src.path),
                 format=src.format,
-                sha256=src.sha256(),
+                sha256=digest,
                 frames_read=stats.frames_read,
                 frames_used=used_here,
                 frames_mirrored=stats.frames_mirrored,
@@ -365,9 +628,13 @@ def collect(sources: Sequence[Source], options: FitOptions, report: ProgressFn) 
             )
         )
         units.append(src.unit)
-    used_angles = angles.data[: angles.size]
+    if isinstance(angles, _AngleStore):
+        angles.finish()
+        used_angles: np.ndarray | _AngleStore = angles
+    else:
+        used_angles = angles.data[: angles.size]
     intervals = (
-        {name: keeper.quantiles() for name, keeper in tails.items()} if used_angles.size else {}
+        {name: keeper.quantiles() for name, keeper in tails.items()} if len(used_angles) else {}
     )
     return Collected(
         angles=used_angles,
@@ -464,7 +731,7 @@ class GroupHulls:
 
 
 def group_hulls(
-    angles: np.ndarray, group: np.ndarray, n_groups: int, options: FitOptions,
+    angles: np.ndarray | _AngleStore, group: np.ndarray, n_groups: int, options: FitOptions,
     report: ProgressFn | None = None,
 ) -> GroupHulls:  # fmt: skip
     """Per angle id a shared flexion centre, then each group's hull at coverage ``c``."""
@@ -474,8 +741,10 @@ def group_hulls(
     out: list[list[np.ndarray | None]] = []
     exact: list[list[np.ndarray | None]] = []
     for a in range(skeleton.NUM_ANGLES):
-        flexion = np.asarray(angles[:, a, 0], dtype=np.float64)
+        column = _angle_column(angles, a)
+        flexion = np.asarray(column[:, 0], dtype=np.float64)
         centers[a] = hulls.flexion_center(flexion)
+        del flexion
         per_group: list[np.ndarray | None] = []
         per_group_exact: list[np.ndarray | None] = []
         for g in range(n_groups):
@@ -484,7 +753,7 @@ def group_hulls(
                 per_group.append(None)
                 per_group_exact.append(None)
                 continue
-            pts = np.asarray(angles[rows, a], dtype=np.float64)
+            pts = np.asarray(column[rows], dtype=np.float64)
             pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], centers[a])
             trimmed, whole = population.trimmed_hull(pts, options.coverage, options.rdp_epsilon)
             per_group.append(trimmed)
@@ -496,8 +765,15 @@ def group_hulls(
     return GroupHulls(centers, out, exact)
 
 
+#: points tested against a polygon at a time (bounds the temporaries of the test)
+_INSIDE_BLOCK = 1 << 18
+
+
 def consensus_joint_limits(
-    angles: np.ndarray, group: np.ndarray, per_group: GroupHulls, options: FitOptions
+    angles: np.ndarray | _AngleStore,
+    group: np.ndarray,
+    per_group: GroupHulls,
+    options: FitOptions,
 ) -> JointAngleLimits:
     """The stored joint-angle regions: the consensus of all groups' hulls (docs/method.md).
 
@@ -511,11 +787,15 @@ def consensus_joint_limits(
     box = np.empty((2, skeleton.NUM_ANGLES, 2))
     exact, rdp = [], []
     for a in range(skeleton.NUM_ANGLES):
-        pts = np.asarray(angles[:, a], dtype=np.float64)
+        pts = np.asarray(_angle_column(angles, a), dtype=np.float64)
         pts[:, 0] = hulls.unwrap_flexion(pts[:, 0], per_group.centers[a])
         region = per_group.region(a, present)
         regions.append(region)
-        coverage[a] = float(hulls.points_in_polygon(pts, region).mean())
+        inside = sum(
+            int(np.count_nonzero(hulls.points_in_polygon(pts[i : i + _INSIDE_BLOCK], region)))
+            for i in range(0, len(pts), _INSIDE_BLOCK)
+        )
+        coverage[a] = inside / len(pts)
         area[a] = hulls._signed_area(region)
         box[:, a] = _quantile_columns(pts, slice(None), c)
         if options.keep_pipeline_hulls:  # the hull of all groups' exact hulls

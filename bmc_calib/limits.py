@@ -122,6 +122,9 @@ class Limits:
     provenance: Provenance = field(default_factory=Provenance)
     #: fit and held-out figures; flat mapping of name → scalar or 1-D array
     statistics: dict[str, Value] = field(default_factory=dict)
+    #: set by fit, never stored: the most scratch disk space the fit used (bytes), removed
+    #: when it ended (see bmc_calib.fit)
+    scratch_bytes: int = 0
     #: filled by the bundle reader: tool version, creation time, digest status
     tool_name: str = "bmc-calib"
     tool_version: str = ""

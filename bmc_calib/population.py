@@ -59,7 +59,7 @@ class PersonIntervals:
 def group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """``(n_groups, K)`` column medians of ``values`` ``(S, K)`` per group id ``(S,)`` in
     ``0 … n_groups − 1``; NaN for a group without rows. One sort, one median per group."""
-    x = np.asarray(values, dtype=np.float64)
+    x = np.asarray(values)  # float32 stays float32 until one group's rows are taken
     group = np.asarray(group)
     out = np.full((n_groups, x.shape[1]), np.nan)
     order = np.argsort(group, kind="stable")
@@ -67,7 +67,7 @@ def group_medians(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.nd
     for g in range(n_groups):
         rows = order[bounds[g] : bounds[g + 1]]
         if rows.size:
-            out[g] = np.median(x[rows], axis=0)
+            out[g] = np.median(np.asarray(x[rows], dtype=np.float64), axis=0)
     return out
 
 

@@ -36,7 +36,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -688,23 +688,55 @@ class _PersonalGroups:
 
 
 def _personal_medians(
-    sources: Sequence[Source], groups: _PersonalGroups, normalization: str
-) -> np.ndarray:
-    """First pass: ``(G, 20)`` median normalised bone lengths of each personal group."""
-    lengths, ids = [], []
+    sources: Sequence[Source],
+    groups: _PersonalGroups,
+    normalization: str,
+    scratch: Any = None,
+) -> tuple[np.ndarray, list[Any]]:
+    """First pass: ``(G, 20)`` median normalised bone lengths of each personal group, and
+    per source its chunks on ``scratch`` (a :class:`bmc_calib.fit._ChunkTape`, None for
+    ``.npy`` files, read again), so that no input is parsed twice."""
+    from bmc_calib.fit import _ChunkTape
+
+    lengths, ids, tapes = [], [], []
     for i, src in enumerate(sources):
         step = max(1, (src.frames or 0) // personal.MEDIAN_FRAMES)
         start = 0
+        tape = None
+        if scratch is not None and not src.rereadable:
+            tape = _ChunkTape(scratch, f"validate_{i:05d}.bin")
         for chunk in src.chunks():
             n = chunk.joints.shape[0]
+            chunk_ids = groups.ids(i, chunk)
+            if tape is not None:
+                tape.append(chunk.joints, chunk_ids, np.zeros(n, np.uint8))
             pick = np.arange((-start) % step, n, step)
             length, valid = quick_bone_lengths(chunk.joints[pick], normalization)
             lengths.append(length[valid])
-            ids.append(groups.ids(i, chunk)[pick][valid])
+            ids.append(chunk_ids[pick][valid])
             start += n
+        if tape is not None:
+            tape.finish()
+        tapes.append(tape)
     if not lengths:
-        return np.ones((0, skeleton.NUM_BONES))
-    return personal.group_medians(np.concatenate(lengths), np.concatenate(ids), len(groups.index))
+        return np.ones((0, skeleton.NUM_BONES)), tapes
+    medians = personal.group_medians(
+        np.concatenate(lengths), np.concatenate(ids), len(groups.index)
+    )
+    return medians, tapes
+
+
+def _second_pass(
+    i: int, src: Source, tape: Any, groups: _PersonalGroups | None
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """``(joints, personal group ids or None)`` per chunk: replayed, or read again."""
+    if tape is not None:
+        for joints, ids, _ in tape.replay():
+            yield joints, ids
+        tape.remove()
+        return
+    for chunk in src.chunks():
+        yield chunk.joints, None if groups is None else groups.ids(i, chunk)
 
 
 def validate_sources(
@@ -728,13 +760,43 @@ def validate_sources(
     ``report``: a ``.csv`` or ``.jsonl`` path written atomically, one row per pose
     (:class:`ReportWriter`); an existing file is refused unless ``force``. ``group_by``
     (``label``, ``file`` or ``none``; None = off) turns on the personal bone check
-    (:mod:`bmc_calib.personal`), which reads the inputs twice.
+    (:mod:`bmc_calib.personal`), which needs two passes: the first (the only parse) keeps
+    the canonical chunks on scratch disk for the second, except for ``.npy`` files, which
+    are simply read again.
     """
     scale = check_tolerance_scale(tolerance_scale)
     groups = _PersonalGroups(group_by) if group_by is not None else None
-    medians = (
-        _personal_medians(sources, groups, limits.normalization) if groups is not None else None
-    )
+    with contextlib.ExitStack() as scratch_stack:
+        scratch = None
+        medians = None
+        tapes: list[Any] = [None] * len(sources)
+        if groups is not None:
+            from bmc_calib.fit import _Scratch
+
+            scratch = scratch_stack.enter_context(_Scratch())
+            medians, tapes = _personal_medians(sources, groups, limits.normalization, scratch)
+        return _validate_pass(
+            sources, limits, groups, medians, tapes, scale=scale, worst=worst, gt=gt,
+            unit=unit, report=report, force=force, progress=progress, block_size=block_size,
+        )  # fmt: skip
+
+
+def _validate_pass(
+    sources: Sequence[Source],
+    limits: Limits,
+    groups: _PersonalGroups | None,
+    medians: np.ndarray | None,
+    tapes: list[Any],
+    *,
+    scale: float,
+    worst: int,
+    gt: Sequence[Source] | None,
+    unit: str | None,
+    report: str | os.PathLike[str] | None,
+    force: bool,
+    progress: ProgressFn | None,
+    block_size: int,
+) -> Validation:
     kind = report_kind(report) if report is not None else None
     _check_lengths(sources, limits, unit)
     pred_mm = [_mm_factor(s, unit) for s in sources] if gt else [1.0] * len(sources)
@@ -761,12 +823,12 @@ def validate_sources(
         done = 0
         for i, src in enumerate(sources):
             frame = 0
-            for chunk in src.chunks():
+            for chunk_joints, ids in _second_pass(i, src, tapes[i], groups):
                 ref = None
-                if groups is not None and medians is not None:
-                    ref = medians[groups.ids(i, chunk)]
-                for start in range(0, chunk.joints.shape[0], step):
-                    joints = chunk.joints[start : start + step]
+                if ids is not None and medians is not None:
+                    ref = medians[ids]
+                for start in range(0, chunk_joints.shape[0], step):
+                    joints = chunk_joints[start : start + step]
                     n = joints.shape[0]
                     truth = stream.take(n) if stream is not None else None
                     block = validator.add(

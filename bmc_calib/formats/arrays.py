@@ -8,8 +8,10 @@ A ``.npz`` file may also hold ``is_left`` ``(N,)`` bool: those frames are mirror
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -79,15 +81,21 @@ def _stream(
     stats: SourceStats,
 ) -> Iterator[Chunk]:
     step = options.chunk_frames
+    digest = arr.start_digest() if isinstance(arr, _NpyRows) and stats.hash_bytes else None
     for start in range(0, arr.shape[0], step):
         try:
-            block = np.asarray(arr[start : start + step])
+            if digest is not None:
+                block = arr.read(start, start + step, digest)
+            else:
+                block = np.asarray(arr[start : start + step])
         except (OSError, ValueError) as exc:  # a memory map past a truncated end
             raise BadInputError(f"{path}: cannot read frames from {start} ({exc})") from None
         left = is_left if isinstance(is_left, bool) else is_left[start : start + step]
         chunk = make_chunk(block, layout, stats, options, is_left=left, clean=False)
         if chunk is not None:
             yield chunk
+    if digest is not None and isinstance(arr, _NpyRows):
+        arr.finish_digest(digest)
 
 
 class _NpyRows:
@@ -120,6 +128,36 @@ class _NpyRows:
         )
         self.row_bytes = skeleton.NUM_JOINTS * 3 * self.dtype.itemsize
         self.mapped = np.load(path, mmap_mode="r").reshape(self.shape) if fortran else None
+
+    def start_digest(self) -> Any:
+        """A SHA-256 fed with the header bytes, for :meth:`read` (None: memory-mapped)."""
+        if self.mapped is not None:
+            return None
+        with open(self.path, "rb") as fh:
+            header = fh.read(self.offset)
+        if len(header) != self.offset:
+            raise ValueError("the file is shorter than its header")
+        return hashlib.sha256(header)
+
+    def read(self, start: int, stop: int, digest: Any) -> np.ndarray:
+        """Rows ``start:stop`` (read in order, from 0), their bytes added to ``digest``."""
+        stop = min(stop, self.shape[0])
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + start * self.row_bytes)
+            data = fh.read(count * self.row_bytes)
+        if len(data) != count * self.row_bytes:
+            raise ValueError(f"file ends early: {len(data)} of {count * self.row_bytes} bytes")
+        digest.update(data)
+        return np.frombuffer(data, self.dtype).reshape(count, *self.shape[1:])
+
+    def finish_digest(self, digest: Any) -> None:
+        """Add whatever follows the array and record the digest of the whole file as read."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + self.shape[0] * self.row_bytes)
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        _io.record_digest(self.path, digest.hexdigest())
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         if self.mapped is not None:
@@ -161,6 +199,7 @@ class NpyReader(Reader):
             lambda stats: _stream(path, arr, layout, is_left, options, stats),
             frames=int(arr.shape[0]),
         )
+        source.rereadable = True
         source.notes.extend(arr.notes)
         return source
 

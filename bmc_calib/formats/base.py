@@ -96,6 +96,9 @@ class SourceStats:
     frames_kept: int = 0
     frames_mirrored: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    #: readers whose hashing costs real time (``.npy``) hash what they read only when asked
+    #: (:attr:`Source.hash_reads`); the others always do
+    hash_bytes: bool = False
 
 
 @dataclass
@@ -113,14 +116,24 @@ class Source:
     files: list[str] | None = None
     #: what the reader assumed about the input, one line each (the CLI prints them as notes)
     notes: list[str] = field(default_factory=list)
+    #: reading it again costs no more than copying its canonical chunks would (``.npy``:
+    #: plain reads, no parsing); fit then reads it twice instead of keeping a scratch copy
+    rereadable: bool = False
+    #: ask readers to record the SHA-256 of the bytes they read (fit sets it)
+    hash_reads: bool = False
 
     def chunks(self) -> Iterator[Chunk]:
-        """Stream the chunks; resets and fills :attr:`stats`."""
-        self.stats = SourceStats()
+        """Stream the chunks; resets and fills :attr:`stats`.
+
+        Readers that hash what they read record the SHA-256 of the bytes they parsed
+        (:func:`bmc_calib.formats._io.read_digest`); fit records that in the provenance.
+        """
+        self.stats = SourceStats(hash_bytes=self.hash_reads)
         yield from self.read_chunks(self.stats)
 
     def sha256(self) -> str:
-        """SHA-256 of the file's bytes; for folders, of the annotation files read, in order."""
+        """SHA-256 of the file's bytes now; for folders, of the annotation files read, in
+        order. (What fit records is the digest of the bytes it parsed, see :meth:`chunks`.)"""
         return file_sha256(self.path, self.files)
 
 

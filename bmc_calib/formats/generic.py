@@ -329,11 +329,7 @@ class CsvReader(Reader):
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats
     ) -> Iterator[Chunk]:
         index = _has_index_column(path)
-        try:
-            fh = open(path, encoding="utf-8-sig")  # closed by the with below
-        except OSError as exc:
-            raise BadInputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-        with fh:
+        with _io.open_text_hashed(path) as fh:  # hashed as read: fit records what it parsed
             rows = _data_rows(path, fh, header=index)
             columns = None
             while batch := list(itertools.islice(rows, options.chunk_frames)):

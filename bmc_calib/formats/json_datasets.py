@@ -12,7 +12,8 @@ the dataset's unit.
   ``hand_type_invalid`` when ``hand_type_valid`` is false, as ``invalid_flag`` when any of
   its 21 ``joint_valid`` flags is 0 (this includes the official rule that an invalid wrist
   invalidates the hand). Left hands are mirrored; ``Chunk.group`` = ``Capture<id>``. The
-  file is decoded one capture at a time.
+  file is decoded record by record (:func:`bmc_calib.formats._io.iter_json_records`): memory
+  holds a few thousand frames, never the document.
 - MediaPipe world landmarks exported as JSON: hands of 21 ``{x, y, z}`` landmarks (metres,
   hand-centred) with a handedness label "Left"/"Right". Which hand a label means depends on
   the API generation and on whether the image was mirrored (``formats.md`` §11): format
@@ -113,28 +114,28 @@ class InterHandReader(_JsonDataset):
         self, path: str, layout: skeleton.Layout, options: ReadOptions, stats: SourceStats
     ) -> Iterator[Chunk]:
         n_frames = 0
-        for capture, frames in _io.iter_json_object(_io.read_text(path), path):
-            if not isinstance(frames, dict):
-                raise BadInputError(f"{path}: capture {capture!r} must map frame ids to objects")
-            entries = list(frames.items())
-            n_frames += len(entries)
-            for start in range(0, len(entries), options.chunk_frames):
-                part = entries[start : start + options.chunk_frames]
-                yield from self._hands(path, capture, part, layout, options, stats)
+        size = max(1, min(options.chunk_frames, _io.JSON_RECORDS))
+
+        def convert(records: list[tuple[str, str, Any]]) -> Iterator[Chunk]:
+            nonlocal n_frames
+            n_frames += len(records)
+            return self._hands(path, records, layout, options, stats)
+
+        yield from _io.iter_json_records(path, size, convert)
         if n_frames == 0:
             raise BadInputError(f"{path}: contains no frames")
 
     @staticmethod
     def _hands(
         path: str,
-        capture: str,
-        entries: list[tuple[str, Any]],
+        records: list[tuple[str, str, Any]],
         layout: skeleton.Layout,
         options: ReadOptions,
         stats: SourceStats,
     ) -> Iterator[Chunk]:
-        coords, valid, types, type_valid = [], [], [], []
-        for frame, entry in entries:
+        """Chunks of the hands of ``(capture, frame, entry)`` records."""
+        coords, valid, types, type_valid, captures = [], [], [], [], []
+        for capture, frame, entry in records:
             if not isinstance(entry, dict) or "world_coord" not in entry:
                 raise BadInputError(
                     f"{path}: capture {capture} frame {frame}: no 'world_coord' entry"
@@ -143,13 +144,21 @@ class InterHandReader(_JsonDataset):
             valid.append(entry.get("joint_valid", 1))
             types.append(str(entry.get("hand_type", "interacting")).lower())
             type_valid.append(entry.get("hand_type_valid", True))
-        world = _io.float_array(coords, path, "world_coord")
+            captures.append(capture)
+        entries = records
+        capture = captures[0] if len(set(captures)) == 1 else "/".join(sorted(set(captures)))
+        world = _io.nested_floats(coords, (42, 3))
+        if world is None:
+            world = _io.float_array(coords, path, "world_coord", shared=False)
         if world.shape[1:] != (42, 3):
             raise BadInputError(
                 f"{path}: capture {capture}: world_coord must be 42 × [x, y, z] "
                 f"(both hands), found shape {world.shape[1:]}"
             )
-        flags = _io.float_array(valid, path, "joint_valid").reshape(len(entries), -1)
+        flags = _io.nested_floats(valid, (42, 1))
+        if flags is None:
+            flags = _io.float_array(valid, path, "joint_valid", shared=False)
+        flags = flags.reshape(len(entries), -1)
         if flags.shape[1] not in (1, 42):
             raise BadInputError(
                 f"{path}: capture {capture}: joint_valid must hold 42 flags, found {flags.shape[1]}"
@@ -171,13 +180,14 @@ class InterHandReader(_JsonDataset):
         is_left = np.broadcast_to(np.array([False, True]), named.shape)
         trusted2 = np.broadcast_to(trusted[:, None], named.shape)
         keep = named.reshape(-1)
+        labels = np.char.add("Capture", np.asarray(captures, dtype=str))
         chunk = make_chunk(
             hands.reshape(-1, 21, 3)[keep],
             layout,
             stats,
             options,
             is_left=is_left.reshape(-1)[keep],
-            group=f"Capture{capture}",
+            group=np.repeat(labels, 2)[keep],
             checks=(
                 ("hand_type_invalid", trusted2.reshape(-1)[keep]),
                 ("invalid_flag", hand_valid.reshape(-1)[keep]),
