@@ -267,12 +267,7 @@ def content_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str:
     Accepts an open :class:`h5py.File` (or any group of it: the whole file is digested) or a
     path. Attributes are not part of the digest.
     """
-    if isinstance(h5file_or_path, h5py.Group):
-        h5file = h5file_or_path.file
-        return _file_digest(h5file, h5file.filename)
-    label = os.fspath(h5file_or_path)
-    with _open_bundle(label) as h5file:
-        return _file_digest(h5file, label)
+    return _digest_of(h5file_or_path, _file_digest)
 
 
 def attribute_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str:
@@ -282,12 +277,20 @@ def attribute_digest(h5file_or_path: h5py.Group | str | os.PathLike[str]) -> str
     ``created`` and ``content-digest``; stored by 1.2 writers as the ``/attribute_digest``
     dataset.
     """
+    return _digest_of(h5file_or_path, _attribute_digest)
+
+
+def _digest_of(
+    h5file_or_path: h5py.Group | str | os.PathLike[str],
+    digest: Callable[[h5py.File, str], str],
+) -> str:
+    """``digest(file, label)`` of an open file (via any of its groups) or of a path."""
     if isinstance(h5file_or_path, h5py.Group):
         h5file = h5file_or_path.file
-        return _attribute_digest(h5file, h5file.filename)
+        return digest(h5file, h5file.filename)
     label = os.fspath(h5file_or_path)
     with _open_bundle(label) as h5file:
-        return _attribute_digest(h5file, label)
+        return digest(h5file, label)
 
 
 # --------------------------------------------------------------------------------------------

@@ -139,15 +139,19 @@ class _NpyRows:
             raise ValueError("the file is shorter than its header")
         return hashlib.sha256(header)
 
-    def read(self, start: int, stop: int, digest: Any) -> np.ndarray:
-        """Rows ``start:stop`` (read in order, from 0), their bytes added to ``digest``."""
-        stop = min(stop, self.shape[0])
-        count = max(stop - start, 0)
+    def _row_bytes(self, start: int, stop: int) -> tuple[bytes, int]:
+        """The raw bytes of rows ``start:stop`` (clipped to the array) and their count."""
+        count = max(min(stop, self.shape[0]) - start, 0)
         with open(self.path, "rb") as fh:
             fh.seek(self.offset + start * self.row_bytes)
             data = fh.read(count * self.row_bytes)
         if len(data) != count * self.row_bytes:
             raise ValueError(f"file ends early: {len(data)} of {count * self.row_bytes} bytes")
+        return data, count
+
+    def read(self, start: int, stop: int, digest: Any) -> np.ndarray:
+        """Rows ``start:stop`` (read in order, from 0), their bytes added to ``digest``."""
+        data, count = self._row_bytes(start, stop)
         digest.update(data)
         return np.frombuffer(data, self.dtype).reshape(count, *self.shape[1:])
 
@@ -163,12 +167,7 @@ class _NpyRows:
         if self.mapped is not None:
             return np.asarray(self.mapped[rows])
         start, stop, _ = rows.indices(self.shape[0])
-        count = max(stop - start, 0)
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset + start * self.row_bytes)
-            data = fh.read(count * self.row_bytes)
-        if len(data) != count * self.row_bytes:
-            raise ValueError(f"file ends early: {len(data)} of {count * self.row_bytes} bytes")
+        data, count = self._row_bytes(start, stop)
         return np.frombuffer(data, self.dtype).reshape(count, *self.shape[1:])
 
 
