@@ -340,14 +340,14 @@ def _edge_rows(tables: dict[str, np.ndarray]) -> np.ndarray:
 def _eager_hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The edge table ``(7, H, V)`` in the layouts :func:`_nearest_edges_eager` reads:
     ``rows`` ``(H, 2V, 3)`` (``[n | −n·v]`` over ``[u | −u·v]``: one batched product gives
-    both edge coordinates) and ``picks`` ``(H, V, 7)`` (``n_x, n_y, u_x, u_y, L, 0, index``)."""
+    both edge coordinates) and ``picks`` ``(H, V, 7)`` (``n_x, n_y, u_x, u_y, L, −1, index``)."""
     nx, ny, neg_n_off, ux, uy, neg_u_off, length = tables.unbind(0)
     rows = torch.cat(
         (torch.stack((nx, ny, neg_n_off), -1), torch.stack((ux, uy, neg_u_off), -1)), 1
     )
     index = torch.arange(length.shape[-1], dtype=length.dtype, device=length.device)
     picks = torch.stack(
-        (nx, ny, ux, uy, length, torch.zeros_like(length), index.expand_as(length)), -1
+        (nx, ny, ux, uy, length, torch.full_like(length, -1.0), index.expand_as(length)), -1
     )
     return rows, picks
 
@@ -369,14 +369,19 @@ def _nearest_edges_eager(
     """
     rows, picks = _eager_hull_layout(tables) if layout is None else layout
     n_edges = picks.shape[1]
-    points = torch.stack((px, py), 1)  # (H, 2, N)
-    slack, along = torch.baddbmm(rows[..., 2:], rows[..., :2], points).split(n_edges, 1)
-    beyond = along - along.clamp(min=picks[..., 5:6], max=picks[..., 4:5])
-    squared = torch.addcmul(slack * slack, beyond, beyond)  # (H, V, N)
+    # homogeneous points: baddbmm's broadcast copy of the offsets cost more than the product
+    points = torch.stack((px, py, torch.ones_like(px)), 1)  # (H, 3, N)
+    slack, beyond = torch.bmm(rows, points).split(n_edges, 1)
+    # in place where possible: at this size every fresh (H, V, N) tensor costs more in memory
+    # traffic than its arithmetic. beyond = along − clamp(along, 0, L), written over along
+    spare = beyond.clamp_min(0.0)
+    beyond.sub_(torch.minimum(spare, picks[..., 4:5], out=spare))
+    squared = (slack * slack).addcmul_(beyond, beyond)  # (H, V, N)
     closest = squared.amin(1, keepdim=True)
     # the nearest edge's index without torch.min's index output (several times slower on
     # CPU): the largest index among the edges at the smallest distance (ties share a point)
-    nearest = torch.where(squared == closest, picks[..., 6:], -1.0).amax(1, keepdim=True).long()
+    index = torch.where(squared == closest, picks[..., 6:], picks[..., 5:6], out=spare)
+    nearest = index.amax(1, keepdim=True).long()
     dist = closest[:, 0].sqrt()
     inside = slack.amin(1) >= -tolerance
     q_e = torch.stack((slack.gather(1, nearest), beyond.gather(1, nearest)), 1)  # (H,2,1,N)
