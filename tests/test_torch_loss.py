@@ -461,6 +461,48 @@ def test_gradcheck_float64(limits):
     assert torch.autograd.gradcheck(lambda j: module(j)[0], (joints,), eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("use_tolerance", "hull_penalty"), [(True, "linear"), (True, "squared"), (False, "squared")]
+)
+def test_gradcheck_float64_every_setting_with_left_hands(limits, use_tolerance, hull_penalty):
+    """The hand-derived backward under each hinge setting, mirrored hands in the batch."""
+    module = BMCLoss(limits, weights=(1.0, 2.0, 3.0), reduction="sum",
+                     use_tolerance=use_tolerance, hull_penalty=hull_penalty)  # fmt: skip
+    poses = synthetic.generate(SUBJECT, 4, seed=23, noise_mm=8.0, glitch_fraction=0.0).joints
+    poses[1::2] = skeleton.mirror(poses[1::2])
+    is_left = torch.tensor([False, True, False, True])
+    joints = torch.as_tensor(poses).requires_grad_(True)
+    total, _ = module(joints, is_left=is_left)
+    assert total > 0
+    assert torch.autograd.gradcheck(
+        lambda j: module(j, is_left=is_left)[0], (joints,), eps=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("case", ["near_zero", "near_pi"])
+def test_gradcheck_features_near_zero_and_pi(case):
+    """Forward kinematics at the edges of the angle chain: every phalanx almost straight
+    (flexion and abduction ~1e-4 rad, where atan2 meets its axes) or a PIP and a DIP folded
+    back to within 2e-3 rad of π (the frame carry's ill-conditioned side)."""
+    angles = np.full((2, 15, 2), 1e-4)
+    angles[1] *= -1.0
+    if case == "near_pi":
+        angles = synthetic.ranges_radians().mean(axis=-1)[None].repeat(2, 0)
+        angles[:, 7, 0] = math.pi - 2e-3  # middle PIP
+        angles[:, 13, 0] = [math.pi - 2e-3, -(math.pi - 2e-3)]  # ring DIP, both sides
+    joints = torch.as_tensor(_build(angles)).requires_grad_(True)
+    want = kinematics.compute_features(joints.detach().numpy())
+    got = compute_features(joints)
+    fa = got.flexion_abduction.detach().numpy() - want.flexion_abduction
+    np.testing.assert_allclose(np.angle(np.exp(1j * fa)), 0.0, atol=1e-9)
+
+    def features(j):
+        f = compute_features(j)
+        return f.flexion_abduction, f.palm_curvature, f.bone_length
+
+    assert torch.autograd.gradcheck(features, (joints,), eps=1e-7, atol=1e-5)
+
+
 def test_gradcheck_features():
     poses = synthetic.generate(SUBJECT, 2, seed=22, glitch_fraction=0.0).joints
     joints = torch.as_tensor(poses).requires_grad_(True)
