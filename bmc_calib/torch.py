@@ -836,10 +836,11 @@ class BMCLoss(nn.Module):
         dense = None
         if group is not None:
             dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
-        if compiled is not None:  # one graph for every batch size
+        mark_dynamic = getattr(torch._dynamo, "maybe_mark_dynamic", None)  # torch >= 2.2
+        if compiled is not None and mark_dynamic is not None:  # one graph for every size
             for tensor in (flat, sign, dense):
                 if tensor is not None:
-                    torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                    mark_dynamic(tensor, 0)
         total, stacked = (compiled or self._per_pose)(flat, sign, dense)
         names = TERMS + (("personal",) if group is not None else ())
         if self.reduction == "none":
