@@ -15,20 +15,19 @@ Every fixture is written by the test.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import shutil
-import signal
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import scipy.io
+from deadline import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -56,20 +55,6 @@ def written(tmp_path: Path) -> Path:
     path = tmp_path / "limits.h5"
     shutil.copyfile(GOLDEN_1_2, path)
     return path
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def rewrite_digests(path: Path) -> None:

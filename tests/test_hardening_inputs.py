@@ -7,21 +7,18 @@ well under a second, so none of them may allocate (or stream) what the header cl
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
 import os
 import pickle
-import signal
-import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from deadline import deadline
 from typer.testing import CliRunner
 
 from bmc_calib import interop, skeleton
@@ -37,24 +34,6 @@ HUGE = (10**10, skeleton.NUM_JOINTS, 3)
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner(env={"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"})
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail (instead of hanging the suite) when the body takes longer than ``seconds``."""
-
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert time.perf_counter() - start < seconds
 
 
 def read_all(path: Path | str, **options: object) -> list[np.ndarray]:
