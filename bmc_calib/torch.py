@@ -20,15 +20,17 @@ Conventions (once for the whole module):
 - Degenerate poses (DESIGN §4.7: non-finite or out-of-range coordinate, zero bone, coincident
   MCPs, parallel root bones, folded palm; the same tests and thresholds as
   :mod:`bmc_calib.kinematics`) get
-  magnitude 0, contribute 0 to the loss and receive an exactly zero gradient. Internally they
-  are replaced by a fixed plausible hand before any differentiable arithmetic, so no NaN or
-  infinity can reach a gradient.
+  magnitude 0, contribute 0 to the loss and receive an exactly zero gradient: the feature
+  chain (:mod:`bmc_calib.torch_chain`) runs per pose without autograd and its hand-derived
+  backward replaces every value of a degenerate pose with 0 (``masked_fill``, not a
+  multiplication), so no NaN or infinity can reach another pose or a gradient.
 
 Everything in :meth:`BMCLoss.forward` is branch-free tensor code (no ``.item()``, no boolean
 indexing, no host synchronisation), vectorised over poses, fingers and all 15 joint-angle
 hulls at once, and ``torch.compile``-able.
 
-This module imports PyTorch; nothing else in :mod:`bmc_calib` imports it.
+This module and :mod:`bmc_calib.torch_chain`, which only it imports, import PyTorch; nothing
+else in :mod:`bmc_calib` does.
 """
 
 from __future__ import annotations
@@ -248,8 +250,8 @@ def _zero_degenerate(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
     Written as ``value − stop_gradient(value · (1 − keep))``: the backward pass is the
     identity, so no mask reaches it (torch 2.13's inductor mis-compiled ``value * keep`` in
-    this graph, see the compile test). Degenerate columns come from the template pose, so
-    the gradient they pass on never reaches the input.
+    this graph, see the compile test). Degenerate columns hold the chain's zero features,
+    and the chain's backward drops their gradient.
     """
     return value - (value * (1.0 - keep)).detach()
 
