@@ -22,8 +22,9 @@ Conventions (once for the whole module):
   :mod:`bmc_calib.kinematics`) get
   magnitude 0, contribute 0 to the loss and receive an exactly zero gradient: the feature
   chain (:mod:`bmc_calib.torch_chain`) runs per pose without autograd and its hand-derived
-  backward replaces every value of a degenerate pose with 0 (``masked_fill``, not a
-  multiplication), so no NaN or infinity can reach another pose or a gradient.
+  backward sets every value of a degenerate pose to 0 (NaN and infinities first replaced,
+  then a product with the 0/1 mask), so no NaN or infinity can reach another pose or a
+  gradient.
 
 Everything in :meth:`BMCLoss.forward` is branch-free tensor code (no ``.item()``, no boolean
 indexing, no host synchronisation), vectorised over poses, fingers and all 15 joint-angle
@@ -266,8 +267,9 @@ def _hull_tables(hulls: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     ``q = p·n − v_k·n ≥ −tol`` (:mod:`bmc_calib.hulls`' rule and tolerance); outside, its
     distance is the smallest ``sqrt(q² + e²)`` with ``s = p·u − v_k·u`` and
     ``e = s − clamp(s, 0, L)``. Consecutive duplicate vertices are dropped as
-    :mod:`bmc_calib.hulls` does. Padded slots (``mask`` False) repeat edge 0, which changes
-    neither minimum.
+    :mod:`bmc_calib.hulls` does, and so are collinear ones (the polygon is the same; the
+    nearest-edge rule of :func:`_nearest_edges_eager` needs every turn strictly convex).
+    Padded slots (``mask`` False) repeat edge 0, which changes neither extremum.
 
     Returns ``vertices`` ``(H, V, 2)`` (padding repeats vertex 0), ``mask`` ``(H, V)``,
     ``direction`` and ``normal`` ``(H, V, 2)``, ``along_offset``, ``normal_offset`` and
@@ -277,6 +279,12 @@ def _hull_tables(hulls: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     for a, hull in enumerate(hulls):
         ring = np.asarray(hull, dtype=np.float64)
         ring = ring[np.any(ring != np.roll(ring, -1, axis=0), axis=1)]
+        while len(ring) > 3:  # collinear (or reflex within the bundle's tolerance) vertices
+            edge = np.roll(ring, -1, axis=0) - ring
+            turn = np.roll(edge[:, 0], 1) * edge[:, 1] - np.roll(edge[:, 1], 1) * edge[:, 0]
+            if np.all(turn > 0.0):
+                break
+            ring = np.delete(ring, int(np.argmin(turn)), axis=0)
         x, y = ring[:, 0], ring[:, 1]
         area = 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
         if len(ring) < 3 or not np.all(np.isfinite(ring)) or not area > 0.0:
@@ -339,19 +347,45 @@ def _edge_rows(tables: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
-def _eager_hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The edge table ``(7, H, V)`` in the layouts :func:`_nearest_edges_eager` reads:
-    ``rows`` ``(H, 2V, 3)`` (``[n | −n·v]`` over ``[u | −u·v]``: one batched product gives
-    both edge coordinates) and ``picks`` ``(H, V, 7)`` (``n_x, n_y, u_x, u_y, L, −1, index``)."""
-    nx, ny, neg_n_off, ux, uy, neg_u_off, length = tables.unbind(0)
-    rows = torch.cat(
-        (torch.stack((nx, ny, neg_n_off), -1), torch.stack((ux, uy, neg_u_off), -1)), 1
-    )
-    index = torch.arange(length.shape[-1], dtype=length.dtype, device=length.device)
-    picks = torch.stack(
-        (nx, ny, ux, uy, length, torch.full_like(length, -1.0), index.expand_as(length)), -1
-    )
-    return rows, picks
+def _hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edge table ``(7, H, V)`` in the layouts the nearest-edge search reads.
+
+    ``rows`` ``(H, V, 3)``: ``[−n | n·v]``, one batched product with homogeneous points gives
+    every edge's outward slack ``(v − p)·n``. ``picks`` ``(5, H · W)``: ``n_x, n_y, −n·v,
+    −u·v, L`` (:data:`HULL_EDGE_ROWS`; ``u = (n_y, −n_x)``) with each hull padded to ``W`` =
+    the power of two ≥ ``V`` edges (padding repeats edge 0), read by flat edge index.
+    ``base`` ``(H, 1)`` int64: hull ``a``'s first flat index, ``a · W``.
+    """
+    n_hulls, n_edges = tables.shape[1:]
+    width = 1 << max(1, (n_edges - 1).bit_length())
+    nx, ny, neg_n_off = tables[:3].unbind(0)
+    rows = torch.stack((-nx, -ny, -neg_n_off), -1)
+    slots = torch.arange(width, device=tables.device)
+    padded = tables[:, :, torch.where(slots < n_edges, slots, 0)]
+    picks = padded[[0, 1, 2, 5, 6]].reshape(5, n_hulls * width)
+    base = (torch.arange(n_hulls, device=tables.device) * width)[:, None]
+    return rows, picks, base
+
+
+def _segment_distance(
+    px: torch.Tensor, py: torch.Tensor, edge: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distance ``(H, N)`` of each point to one edge segment each, the unnormalised
+    direction from the segment's nearest point to the point (x and y, ``(H, N)`` each) and
+    the slack ``q`` ``(H, N)``.
+
+    ``edge`` ``(5, H, N)``: the point's edge, rows ``n_x, n_y, −n·v, −u·v, L``
+    (:func:`_hull_layout`). With the slack ``q = p·n − v·n`` (negative outside) and
+    ``e = s − clamp(s, 0, L)`` for ``s = p·u − v·u``, ``u = (n_y, −n_x)``, the distance is
+    ``hypot(q, e)`` and the direction ``q n + e u``.
+    """
+    nx, ny, neg_n_off, neg_u_off, length = edge.unbind(0)
+    slack = torch.addcmul(neg_n_off, nx, px).addcmul_(ny, py)
+    along = torch.addcmul(neg_u_off, ny, px).addcmul_(nx, py, value=-1.0)
+    beyond = along - torch.minimum(along.clamp_min(0.0), length)
+    dx = torch.addcmul(slack * nx, beyond, ny)
+    dy = torch.addcmul(slack * ny, beyond, nx, value=-1.0)
+    return torch.hypot(slack, beyond), dx, dy, slack
 
 
 def _nearest_edges_eager(
@@ -359,71 +393,68 @@ def _nearest_edges_eager(
     py: torch.Tensor,
     tables: torch.Tensor,
     tolerance: torch.Tensor,
-    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Eager form of the nearest-edge search: few large kernels.
 
-    One batched matrix product gives both edge coordinates of every point, ``torch.min``
-    picks the nearest edge and one gather reads its normal and direction. Returns the
-    distance ``(H, N)``, the unnormalised direction ``q n + e u`` (x and y, ``(H, N)`` each)
-    and the inside mask. ``layout``: :func:`_eager_hull_layout` of ``tables`` (precomputed
-    by :class:`BMCLoss`).
+    Outside a convex polygon, the edge whose line the point lies farthest beyond (the largest
+    outward slack) is the nearest edge, or shares the nearest vertex with it: the outward
+    unit vector from the nearest boundary point lies in that feature's normal cone, and no
+    other edge's normal is closer to it. So one batched product gives every outward slack
+    and the largest slack's edge alone is measured (:func:`_segment_distance`); its own slack
+    is the inside test. The edge's index rides in the low bits of the slack's bit pattern
+    (positive floats order as their integer bits, and negative ones below them), so the index
+    is one integer ``amax`` (``torch.max`` with indices is several times slower on CPU); the
+    few bits the index replaces only decide between edges whose slacks agree to ~1e-5, which
+    share the vertex nearest to the point to within far less. Where every slack is negative
+    (deep inside) some edge is picked; its own slack says "inside" all the same.
+
+    Returns the distance ``(H, N)``, the unnormalised direction ``q n + e u`` (x and y) and
+    ``outside`` ``(H, N)``: 1.0 beyond the tolerance, else 0.0. ``layout``:
+    :func:`_hull_layout` of ``tables`` (precomputed by :class:`BMCLoss`).
     """
-    rows, picks = _eager_hull_layout(tables) if layout is None else layout
-    n_edges = picks.shape[1]
-    # homogeneous points: baddbmm's broadcast copy of the offsets cost more than the product
+    rows, picks, base = _hull_layout(tables) if layout is None else layout
+    n_hulls, n_edges = rows.shape[:2]
+    bits = picks.shape[1] // n_hulls - 1
     points = torch.stack((px, py, torch.ones_like(px)), 1)  # (H, 3, N)
-    slack, beyond = torch.bmm(rows, points).split(n_edges, 1)
-    # in place where possible: at this size every fresh (H, V, N) tensor costs more in memory
-    # traffic than its arithmetic. beyond = along − clamp(along, 0, L), written over along
-    spare = beyond.clamp_min(0.0)
-    beyond.sub_(torch.minimum(spare, picks[..., 4:5], out=spare))
-    squared = (slack * slack).addcmul_(beyond, beyond)  # (H, V, N)
-    closest = squared.amin(1, keepdim=True)
-    # the nearest edge's index without torch.min's index output (several times slower on
-    # CPU): the largest index among the edges at the smallest distance (ties share a point)
-    index = torch.where(squared == closest, picks[..., 6:], picks[..., 5:6], out=spare)
-    nearest = index.amax(1, keepdim=True).long()
-    dist = closest[:, 0].sqrt()
-    inside = slack.amin(1) >= -tolerance
-    q_e = torch.stack((slack.gather(1, nearest), beyond.gather(1, nearest)), 1)  # (H,2,1,N)
-    size = (*picks.shape[:2], 4, px.shape[-1])
-    edge = picks[..., :4, None].expand(size).gather(1, nearest[:, :, None].expand(-1, -1, 4, -1))
-    direction = (q_e * edge.view(-1, 2, 2, px.shape[-1])).sum(1)  # (H, 2, N)
-    return dist, direction[:, 0], direction[:, 1], inside
+    outward = torch.bmm(rows, points)  # (H, V, N)
+    key = outward.view(torch.int64 if px.dtype == torch.float64 else torch.int32)
+    index = torch.arange(n_edges, dtype=key.dtype, device=key.device)[:, None]
+    key.bitwise_and_(~bits).bitwise_or_(index)
+    nearest = key.amax(1).bitwise_and_(bits).add_(base)  # (H, N) flat edge index
+    edge = picks.index_select(1, nearest.view(-1)).view(5, *px.shape)
+    dist, dx, dy, slack = _segment_distance(px, py, edge)
+    return dist, dx, dy, (slack + tolerance).lt_(0.0)
 
 
 def _nearest_edges_compiled(
-    px: torch.Tensor, py: torch.Tensor, tables: torch.Tensor, tolerance: torch.Tensor
+    px: torch.Tensor,
+    py: torch.Tensor,
+    tables: torch.Tensor,
+    tolerance: torch.Tensor,
+    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """``torch.compile`` form of :func:`_nearest_edges_eager`, same results.
+    """``torch.compile`` form of :func:`_nearest_edges_eager`, same rule and results.
 
-    A running minimum over the ``V`` edges, unrolled: each step is pointwise on ``(H, N)``,
-    so inductor fuses the whole scan into one loop over the points that keeps the nearest
-    edge's squared distance and direction in registers (no ``(H, V, N)`` temporary, no
-    reduction that recomputes its operands). Strict ``<`` keeps the first of tied edges;
-    outside a convex polygon ties only occur at a shared vertex, where both edges give the
-    same boundary point.
+    A running maximum of the outward slack over the ``V`` edges, unrolled: each step is
+    pointwise on ``(H, N)``, so inductor fuses the scan into one loop over the points (no
+    ``(H, V, N)`` temporary). Strict ``>`` keeps the first of tied edges, which share the
+    nearest boundary point.
     """
-    rows = tables[..., None]  # (7, H, V, 1)
-    best_sq = best_dx = best_dy = min_slack = px
-    for v in range(tables.shape[-1]):
-        nx, ny, neg_n_off, ux, uy, neg_u_off, length = rows[:, :, v].unbind(0)  # (H, 1)
-        slack = px * nx + py * ny + neg_n_off  # (H, N)
-        along = px * ux + py * uy + neg_u_off
-        beyond = along - torch.minimum(along.clamp_min(0.0), length)
-        squared = slack * slack + beyond * beyond
-        dx = slack * nx + beyond * ux
-        dy = slack * ny + beyond * uy
+    rows, picks, base = _hull_layout(tables) if layout is None else layout
+    edges = rows[..., None]  # (H, V, 3, 1)
+    worst = index = px
+    for v in range(rows.shape[1]):
+        slack = edges[:, v, 0] * px + edges[:, v, 1] * py + edges[:, v, 2]  # (H, N)
         if v == 0:
-            best_sq, best_dx, best_dy, min_slack = squared, dx, dy, slack
+            worst, index = slack, torch.zeros_like(base).expand(px.shape)
             continue
-        closer = squared < best_sq
-        best_sq = torch.where(closer, squared, best_sq)
-        best_dx = torch.where(closer, dx, best_dx)
-        best_dy = torch.where(closer, dy, best_dy)
-        min_slack = torch.minimum(min_slack, slack)
-    return torch.sqrt(best_sq), best_dx, best_dy, min_slack >= -tolerance
+        farther = slack > worst
+        worst = torch.where(farther, slack, worst)
+        index = torch.where(farther, v, index)
+    edge = picks.index_select(1, (index + base).reshape(-1)).view(5, *px.shape)
+    dist, dx, dy, slack = _segment_distance(px, py, edge)
+    return dist, dx, dy, (slack + tolerance).lt_(0.0)
 
 
 def _hull_distance(
@@ -434,8 +465,9 @@ def _hull_distance(
 
     0 inside (tolerance included), the Euclidean distance to the polygon boundary outside.
     ``tables`` ``(7, H, V)`` is the stacked edge table (:data:`HULL_EDGE_ROWS`) and
-    ``tolerance`` ``(H, 1)``. Every edge of every hull is evaluated for every point: in eager
-    mode as ``(H, V, N)`` batched temporaries, compiled as one fused scan over the edges.
+    ``tolerance`` ``(H, 1)``. Every edge's line is evaluated for every point, the edge farthest
+    outside is measured: in eager mode as one ``(H, V, N)`` batched product, compiled as one
+    fused scan over the edges.
     """
     return _hull_distance_and_direction(flexion, abduction, tables, tolerance)[0]
 
@@ -445,16 +477,14 @@ def _hull_distance_and_direction(
     abduction: torch.Tensor,
     tables: torch.Tensor,
     tolerance: torch.Tensor,
-    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_hull_distance` and its gradient with respect to the point, ``(H, N)`` each:
     the unit vector from the nearest boundary point to the point, 0 inside."""
-    if _is_compiling():
-        dist, dx, dy, inside = _nearest_edges_compiled(flexion, abduction, tables, tolerance)
-    else:
-        dist, dx, dy, inside = _nearest_edges_eager(flexion, abduction, tables, tolerance, layout)
-    scale = dist.clamp_min(1e-30).reciprocal_().masked_fill_(inside, 0.0)
-    return dist.masked_fill_(inside, 0.0), dx * scale, dy * scale
+    search = _nearest_edges_compiled if _is_compiling() else _nearest_edges_eager
+    dist, dx, dy, outside = search(flexion, abduction, tables, tolerance, layout)
+    scale = dist.clamp_min(1e-30).reciprocal_().mul_(outside)  # (masks as 0/1 products:
+    return dist.mul_(outside), dx * scale, dy * scale  # masked_fill is slow on CPU)
 
 
 def _unwrap_flexion(flexion: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
@@ -483,7 +513,7 @@ class _Magnitudes(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx, joints, sign, normalization, bounds, shift, term_matrix, squared_hull,
-        flexion_center, hull_edges, hull_tolerance, hull_rows, hull_picks,
+        flexion_center, hull_edges, hull_tolerance, hull_rows, hull_picks, hull_base,
     ):  # fmt: skip
         features, keep, saved = chain_forward(joints, sign, normalization)
         # the two sides of each interval hinge, (lo − v)·w_lo and (v − hi)·w_hi, as v·a + b
@@ -491,22 +521,25 @@ class _Magnitudes(torch.autograd.Function):
         values = features[:28]
         low_side = torch.addcmul(low_bias, values, low_slope)
         high_side = torch.addcmul(high_bias, values, high_slope)
-        slope = torch.where(low_side > high_side, low_slope, high_slope)
+        # the violated side's slope, as exact 0/1 products (a broadcasting torch.where is ~5x
+        # slower on CPU)
+        lower = (low_side - high_side).gt_(0.0)
+        slope = (lower * low_slope).addcmul_(1.0 - lower, high_slope)
         flexion = _unwrap_flexion(features[28:43], flexion_center)
         dist, grad_x, grad_y = _hull_distance_and_direction(
-            flexion, features[43:], hull_edges, hull_tolerance, (hull_rows, hull_picks)
+            flexion, features[43:], hull_edges, hull_tolerance, (hull_rows, hull_picks, hull_base)
         )
         magnitudes = torch.cat((torch.maximum(low_side, high_side), dist))
         if shift is not None:
             magnitudes = magnitudes - shift
-        magnitudes = magnitudes.clamp_min_(0.0).masked_fill_(saved.drop, 0.0)
+        magnitudes = magnitudes.clamp_min_(0.0).mul_(saved.keep)
         if squared_hull:
             penalty = torch.cat((magnitudes[:28], magnitudes[28:].square()))
             factor = 2.0 * magnitudes[28:]
         else:
             penalty, factor = magnitudes, None
         terms = torch.mm(term_matrix, penalty)
-        active = magnitudes > 0
+        active = torch.sign(magnitudes)  # 1.0 where a penalty applies, else 0.0
         # d magnitude / d feature, rows as the features (joint-angle rows twice)
         slopes = torch.cat((slope, grad_x, grad_y)).mul_(torch.cat((active, active[28:])))
         ctx.extra = 1 if factor is not None else 0
@@ -522,7 +555,10 @@ class _Magnitudes(torch.autograd.Function):
         factor = ctx.saved_tensors[2] if ctx.extra else None
         grad = grad_magnitudes
         if grad_terms is not None:
-            from_terms = torch.mm(term_matrix.t(), grad_terms)
+            # each magnitude feeds one term: a row pick and a weight, not a (43, T) product
+            rows = term_matrix.ne(0).to(torch.uint8).argmax(0)
+            weight = term_matrix.gather(0, rows[None]).t()
+            from_terms = grad_terms.index_select(0, rows).mul_(weight)
             if factor is not None:
                 from_terms[28:].mul_(factor)
             grad = from_terms if grad is None else grad + from_terms
@@ -531,7 +567,7 @@ class _Magnitudes(torch.autograd.Function):
             grad_f = grad_features if grad_f is None else grad_f + grad_features
         saved = _restore(ctx, skip=2 + ctx.extra)
         grad_joints = None if grad_f is None else chain_backward(saved, grad_f)
-        return (grad_joints, *([None] * 11))
+        return (grad_joints, *([None] * 12))
 
 
 # --------------------------------------------------------------------------- the loss
@@ -647,7 +683,14 @@ class BMCLoss(nn.Module):
         buffer("hull_tolerance", tables["tolerance"][:, None])
         buffer("hull_edges", _edge_rows(tables))
         buffer("personal_allowance", personal.allowance(limits)[:, None])
-        for name in ("bounds", "tolerance_shift", "term_matrix", "hull_rows", "hull_picks"):
+        for name in (
+            "bounds",
+            "tolerance_shift",
+            "term_matrix",
+            "hull_rows",
+            "hull_picks",
+            "hull_base",
+        ):
             self.register_buffer(name, torch.zeros(0, dtype=torch.float64), persistent=False)
         for name in _FORWARD_BUFFERS:
             self.register_buffer(_FLOAT32 + name, torch.zeros(0), persistent=False)
@@ -682,9 +725,11 @@ class BMCLoss(nn.Module):
                 "tolerance_shift": tolerance,
                 "term_matrix": term_matrix,
             }
-            derived["hull_rows"], derived["hull_picks"] = _eager_hull_layout(self.hull_edges)
+            rows, picks, base = _hull_layout(self.hull_edges)
+            derived["hull_rows"], derived["hull_picks"] = rows, picks
             for name, value in derived.items():
                 setattr(self, name, value.to(self.bone_length_min.dtype))
+            self.hull_base = base
             for name in _FORWARD_BUFFERS:
                 setattr(self, _FLOAT32 + name, getattr(self, name).to(torch.float32))
 
@@ -749,7 +794,7 @@ class BMCLoss(nn.Module):
             joints, sign, self.normalization, buf("bounds"),
             buf("tolerance_shift") if shifted else None, buf("term_matrix"), squared,
             buf("flexion_center"), buf("hull_edges"), buf("hull_tolerance"), buf("hull_rows"),
-            buf("hull_picks"),
+            buf("hull_picks"), self.hull_base,
         )  # fmt: skip
 
     def _per_pose(

@@ -27,8 +27,10 @@ Conventions (once for the module):
 
 Degenerate poses (non-finite, out of range, zero bone, coincident MCPs, parallel root bones,
 folded palm, kinematics' thresholds) have features 0 and gradient exactly 0: every NaN or
-infinity their arithmetic produces is replaced by ``torch.where`` before it can reach another
-pose (every operation is per pose) or the output.
+infinity their arithmetic produces is replaced (``nan_to_num``) and the result multiplied by
+the 0/1 mask before it can reach another pose (every operation is per pose) or the output.
+Masks are 0/1 products throughout: on CPU ``masked_fill`` and broadcasting ``torch.where``
+cost several times a multiplication.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ import numpy as np
 import torch
 
 from bmc_calib import kinematics, skeleton
+
+try:  # torch >= 2.3
+    from torch.compiler import is_compiling as _is_compiling
+except ImportError:  # pragma: no cover
+    from torch._dynamo import is_compiling as _is_compiling
 
 #: Feature rows of :func:`chain_forward`'s output, ``(name, start, stop)``.
 FEATURE_ROWS: tuple[tuple[str, int, int], ...] = (
@@ -57,18 +64,6 @@ _REF_FLOOR = {torch.float64: 1e-300, torch.float32: float(torch.finfo(torch.floa
 
 # every degenerate test of kinematics compares with the same threshold (one comparison here)
 assert kinematics.ZERO_LENGTH == kinematics.PARALLEL_SINE == kinematics.OPPOSITE_NORMALS
-
-
-def _bone_matrix() -> np.ndarray:
-    """``(60, 63)``: flattened joints ``(21 · 3)`` → flattened bones ``(20 · 3)``."""
-    out = np.zeros((60, 63))
-    for bone, (child, parent) in enumerate(
-        zip(skeleton.BONE_CHILD, skeleton.BONE_PARENT, strict=True)
-    ):
-        for c in range(3):
-            out[3 * bone + c, 3 * child + c] = 1.0
-            out[3 * bone + c, 3 * parent + c] = -1.0
-    return out
 
 
 def _palm_matrix() -> np.ndarray:
@@ -99,15 +94,12 @@ def _pair_matrix() -> np.ndarray:
 
 
 class _Constants(NamedTuple):
-    bone_matrix: torch.Tensor  # (60, 63)
     palm_matrix: torch.Tensor  # (7, 9)
     pair_matrix: torch.Tensor  # (4, 3)
-    e_y: torch.Tensor  # (3, 1)
     e_z: torch.Tensor  # (3, 1)
 
 
-_ARRAYS = (_bone_matrix(), _palm_matrix(), _pair_matrix(), np.array([[0.0], [1.0], [0.0]]),
-           np.array([[0.0], [0.0], [1.0]]))  # fmt: skip
+_ARRAYS = (_palm_matrix(), _pair_matrix(), np.array([[0.0], [0.0], [1.0]]))
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], _Constants] = {}
 
 
@@ -128,6 +120,14 @@ def warm_constants(device: torch.device | str) -> None:
         _constants(dtype, torch.device(device))
 
 
+def _transpose(a: torch.Tensor) -> torch.Tensor:
+    """``(R, C) -> (C, R)``, contiguous. Written as a channels-last → contiguous conversion
+    of a ``(1, C, R, 1)`` image, whose copy kernel is blocked and threaded (on 2 CPU threads
+    ~1.5× faster than ``a.t().contiguous()``); the values are the same."""
+    rows, cols = a.shape
+    return a.view(1, rows, 1, cols).permute(0, 3, 1, 2).contiguous().view(cols, rows)
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(..., 3, N) · (..., 3, N) -> (..., N)``."""
     return (a * b).sum(-2)
@@ -136,12 +136,17 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(..., 3, N) × (..., 3, N)`` (same shapes).
 
-    On CPU from rolled copies (seven kernels, 3–4× faster there than ``linalg.cross`` over a
-    non-last axis); elsewhere ``linalg.cross``, one kernel launch.
+    On CPU component by component (six kernels, ~5× faster there than ``linalg.cross`` over
+    a non-last axis); elsewhere, and in compiled code, ``linalg.cross``, one kernel launch.
     """
-    if a.device.type == "cpu":
-        return a.roll(-1, -2) * b.roll(-2, -2) - a.roll(-2, -2) * b.roll(-1, -2)
-    return torch.linalg.cross(a, b, dim=-2)
+    if a.device.type != "cpu" or _is_compiling():
+        return torch.linalg.cross(a, b, dim=-2)
+    out = a.new_empty(torch.broadcast_shapes(a.shape, b.shape))
+    (a0, a1, a2), (b0, b1, b2) = a.unbind(-2), b.unbind(-2)
+    for o, (p, q, r, s) in zip(out.unbind(-2), ((a1, b2, a2, b1), (a2, b0, a0, b2),
+                                               (a0, b1, a1, b0)), strict=True):  # fmt: skip
+        torch.mul(p, q, out=o).addcmul_(r, s, value=-1.0)
+    return out
 
 
 def _norm(a: torch.Tensor) -> torch.Tensor:
@@ -161,7 +166,7 @@ class Rotation(NamedTuple):
     u: torch.Tensor  # (5, 3, N) unit bone in the frame's coordinates
     h: torch.Tensor  # (5, 3, N) u + e_z (e_y where antiparallel)
     k: torch.Tensor  # (5, N) 1 + u_z (1/2 where antiparallel)
-    anti: torch.Tensor  # (5, N) bool
+    turning: torch.Tensor  # (5, N) 1.0, or 0.0 where antiparallel
 
 
 def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotation:
@@ -176,9 +181,13 @@ def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotat
     u = c / length[:, None]
     h = u + const.e_z
     k = torch.addcmul((u[:, :2] * u[:, :2]).sum(1), h[:, 2], h[:, 2]).mul_(0.5)
-    anti = k <= 0.5 * kinematics.ALIGNED**2
-    h = torch.where(anti[:, None], const.e_y, h)
-    return Rotation(u, h, k.masked_fill_(anti, 0.5), anti)
+    # where antiparallel (turning = 0): h = e_y, k = 1/2, by exact arithmetic (products by 1
+    # and 0 and sums with 0 are exact; torch.where / masked_fill with these broadcasts are
+    # several times slower on CPU)
+    turning = (k > 0.5 * kinematics.ALIGNED**2).to(k.dtype)
+    fixed = 1.0 - turning
+    h.mul_(turning[:, None])[:, 1].add_(fixed)
+    return Rotation(u, h, k.mul_(turning).add_(fixed, alpha=0.5), turning)
 
 
 def _carry(rot: Rotation, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +216,7 @@ def _carry_backward(
     grad_w = (g - beta * h).addcmul_(g_z, rot.u[:, None], value=2.0)
     grad_u = torch.add(-beta, g_z, alpha=2.0) * w - gamma * g
     grad_u[..., 2, :].add_((gamma * beta)[..., 0, :])
-    return grad_w, grad_u.sum(1).masked_fill_(rot.anti[:, None], 0.0)
+    return grad_w, grad_u.sum(1).mul_(rot.turning[:, None])
 
 
 def angles_in_frame(
@@ -226,8 +235,8 @@ def angles_in_frame(
     h = h_sq.sqrt()
     flexion = torch.atan2(c[..., 0, :] + 0.0, c[..., 2, :])
     abduction = torch.atan2(c[..., 1, :], h)
-    pole = h_sq == 0  # along ±y: both gradients are taken as 0 there
-    saved = (c, h.masked_fill(pole, 1.0), h_sq.masked_fill_(pole, 1.0), c_sq.sum(-2))
+    pole = h_sq == 0  # along ±y: both gradients are 0 there, divided by 1 instead of 0
+    saved = (c, h + pole, h_sq.add_(pole), c_sq.sum(-2))
     return flexion, abduction, saved
 
 
@@ -241,12 +250,13 @@ def angles_backward(
     ``h = ‖(c_x, c_z)‖`` (both 0 along ±y, where the formulas meet 0 / 0).
     """
     c, h, h_sq, c_sq = saved
-    e_y = _constants(c.dtype, c.device).e_y
-    per_abd = (grad_abd / h)[..., None, :]
-    along_c = per_abd * (c[..., 1:2, :] / c_sq[..., None, :])
-    per_flex = (grad_flex / h_sq)[..., None, :]
-    grad_c = per_flex * _cross(e_y.expand_as(c), c) - along_c * c
-    grad_c[..., 1, :].add_(per_abd[..., 0, :])
+    per_abd = grad_abd / h
+    along_c = (per_abd * c[..., 1, :]).div_(c_sq).neg_()
+    per_flex = grad_flex / h_sq
+    grad_c = along_c[..., None, :] * c  # e_y × c = (c_z, 0, −c_x)
+    grad_c[..., 0, :].addcmul_(per_flex, c[..., 2, :])
+    grad_c[..., 1, :].add_(per_abd)
+    grad_c[..., 2, :].addcmul_(per_flex, c[..., 0, :], value=-1.0)
     return grad_c
 
 
@@ -257,7 +267,7 @@ class Saved(NamedTuple):
     length: torch.Tensor  # (5, 4, N)
     scale: torch.Tensor | None  # (N,) reference length (None: normalisation "none")
     sign: torch.Tensor | None  # (N,) ±1
-    drop: torch.Tensor  # (N,) bool, degenerate
+    keep: torch.Tensor  # (N,) 1.0, or 0.0 for a degenerate pose
     normal: torch.Tensor  # (4, 3, N) unit palm normals
     cross_len: torch.Tensor  # (4, N)
     root_dot: torch.Tensor  # (4, N)
@@ -288,8 +298,11 @@ def chain_forward(
     and what :func:`chain_backward` needs, for joints ``(N, 21, 3)`` (no autograd)."""
     n = joints.shape[0]
     const = _constants(joints.dtype, joints.device)
-    flat = joints.reshape(n, 63)
-    raw = torch.mm(const.bone_matrix, flat.t()).view(5, 4, 3, n)
+    # the poses transposed once (one copy: cheaper than a matrix product doing the same)
+    joint = _transpose(joints.reshape(n, 63)).view(21, 3, n)
+    fingers = joint[1:].view(5, 4, 3, n)
+    parents = torch.cat((joint[0].expand(5, 1, 3, n), fingers[:, :-1]), 1)
+    raw = fingers - parents  # bones child − parent, as kinematics subtracts
     if sign is not None:
         raw[:, :, 0].mul_(sign)
     raw_len = (raw * raw).sum(-2).sqrt_()  # (5, 4, N)
@@ -318,7 +331,8 @@ def chain_forward(
 
     # DESIGN §4.7: one comparison of every tested quantity, scaled to the common threshold;
     # NaN fails it. Coordinates within COORDINATE_LIMIT, in the input unit and normalised
-    # (joint k relative to joint 9: the bones summed along the finger minus the reference).
+    # (|joint − joint 9| / reference length), from per-component extremes over the joints:
+    # rounding is monotone, so max_k (x_k − x_9) = max_k x_k − x_9, exactly as kinematics.
     root_product = root_len[1:] * root_len[:-1]
     sine = cross_len / root_product.clamp_min(_REF_FLOOR[joints.dtype])
     if scale is None:  # thresholds are relative to the reference bone
@@ -326,15 +340,22 @@ def chain_forward(
     else:
         tested = (length.view(20, n), step_sq * 1e7, sine, pair_len)
     keep = torch.cat(tested).amin(0) > kinematics.ZERO_LENGTH
-    keep &= flat.abs().amax(1) <= kinematics.COORDINATE_LIMIT
+    top, bottom = joint.amax(0), joint.amin(0)  # (3, N)
+    keep &= torch.cat((top, -bottom)).amax(0) <= kinematics.COORDINATE_LIMIT
     if scale is not None:
-        reach = (bones.cumsum(1) - bones[_MIDDLE, 0, None, None]).abs().amax((0, 1, 2))
-        keep &= reach <= kinematics.COORDINATE_LIMIT
+        middle = joint[skeleton.REFERENCE_JOINTS[1]]
+        reach = torch.cat((top - middle, middle - bottom)).amax(0)
+        keep &= reach / ref <= kinematics.COORDINATE_LIMIT
+    keep_f = keep.to(joints.dtype)
 
     z = root / root_len[:, None]
     x = -torch.cat((normal[:2], pair_unit[1:], normal[3:]))
     frame = torch.stack((x, _cross(z, x), z), dim=1)  # (5, axis, component, N)
-    local = (frame[:, None] * bones[:, 1:, None]).sum(-2)  # (5, phalanx, axis, N)
+    # local[f, l, a] = Σ_c frame[f, a, c] bone[f, l, c]: (5, phalanx, axis, N)
+    axes, phalanges = frame[:, None], bones[:, 1:, None]
+    local = axes[..., 0, :] * phalanges[..., 0, :]
+    local.addcmul_(axes[..., 1, :], phalanges[..., 1, :])
+    local.addcmul_(axes[..., 2, :], phalanges[..., 2, :])
     rot0 = _rotation(local[:, 0], length[:, 1], const)
     level1, gamma0 = _carry(rot0, local[:, 1:])  # the middle and distal phalanges
     rot1 = _rotation(level1[:, 0], length[:, 2], const)
@@ -342,12 +363,14 @@ def chain_forward(
     level2, gamma1 = _carry(rot1, carried)
     c = torch.stack((local[:, 0], level1[:, 0], level2[:, 0]))  # (level, finger, 3, N)
     flexion, abduction, angle_saved = angles_in_frame(c)
-    drop = ~keep
+    # degenerate poses → 0: whatever NaN or infinity they hold first, then a product with
+    # the mask (a broadcast masked_fill is ~15x slower on CPU)
     features = torch.cat(
         (length.view(20, n), curvature, palm_angle, flexion.view(15, n), abduction.view(15, n))
-    ).masked_fill_(drop, 0.0)
+    )
+    features = features.nan_to_num_(0.0, 0.0, 0.0).mul_(keep_f)
     saved = Saved(
-        bones, length, scale, sign, drop, normal, cross_len, root_dot, root_product, pair_unit,
+        bones, length, scale, sign, keep_f, normal, cross_len, root_dot, root_product, pair_unit,
         pair_len,
         step, step_sq, edge_diff, curvature, frame, local, rot0, gamma0, rot1, gamma1, carried,
         *angle_saved,
@@ -378,8 +401,13 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     grad_local = torch.cat((grad_c0[:, None], grad_local12), dim=1)  # (5, phalanx, axis, N)
 
     # the projection onto the level-0 frames: local[f, l, a] = Σ_c frame[f, a, c] bone[f, l, c]
-    grad_phalanges = (grad_local[..., None, :] * s.frame[:, None]).sum(2)
-    grad_frame = (grad_local[:, :, :, None] * s.bones[:, 1:, None]).sum(1)
+    # (sums of three products, as in the forward: no (5, 3, 3, 3, N) temporary)
+    g, axes = grad_local[..., None, :], s.frame[:, None]
+    grad_phalanges = g[:, :, 0] * axes[:, :, 0]
+    grad_phalanges.addcmul_(g[:, :, 1], axes[:, :, 1]).addcmul_(g[:, :, 2], axes[:, :, 2])
+    g, phalanges = grad_local[:, :, :, None], s.bones[:, 1:, None]
+    grad_frame = g[:, 0] * phalanges[:, 0]
+    grad_frame.addcmul_(g[:, 1], phalanges[:, 1]).addcmul_(g[:, 2], phalanges[:, 2])
     grad_x, grad_y, grad_z = grad_frame.unbind(1)
     x, _, z = s.frame.unbind(1)
     grad_root = _unit_backward(grad_z + _cross(x, grad_y), z, s.length[:, 0])
@@ -413,5 +441,10 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
         grad_bones = grad_bones / s.scale
     if s.sign is not None:
         grad_bones[:, :, 0].mul_(s.sign)
-    grad_bones = grad_bones.masked_fill_(s.drop, 0.0).view(60, n)
-    return torch.mm(grad_bones.t(), const.bone_matrix).view(n, 21, 3)
+    # degenerate poses: whatever their arithmetic gave (NaN included) → 0
+    grad_bones = grad_bones.nan_to_num_(0.0, 0.0, 0.0).mul_(s.keep)
+    # joints: +bone as its child, −bone as its parent; then back to poses first (one copy)
+    next_bone = torch.nn.functional.pad(grad_bones[:, 1:], (0, 0, 0, 0, 0, 1))
+    wrist = grad_bones[:, 0].sum(0).neg_()
+    grad_joint = torch.cat((wrist[None], (grad_bones - next_bone).view(20, 3, n)))
+    return _transpose(grad_joint.view(63, n)).view(n, 21, 3)
