@@ -753,7 +753,7 @@ class _CountKernels(torch.utils._python_dispatch.TorchDispatchMode):
 #: are taken component by component (more kernels, less time there). Masks are 0/1
 #: products rather than ``masked_fill`` / broadcasting ``where`` (a few more kernels, several
 #: times faster on CPU). The bounds catch a regression.
-MAX_KERNELS = {"meta": 305, "cpu": 345}
+MAX_KERNELS = {"meta": 305, "cpu": 355}
 
 
 @pytest.mark.parametrize("device", ["meta", "cpu"])
