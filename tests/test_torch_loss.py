@@ -313,6 +313,75 @@ def test_compiled_nearest_edge_scan_equals_eager_form(limits):
     assert outside.float().mean() > 0.3
 
 
+def _random_convex_polygons(rng: np.random.Generator) -> list[np.ndarray]:
+    """Counter-clockwise convex polygons that stress the nearest-edge rule: triangles, thin
+    slivers, sharp vertices, many vertices (index bits beyond 5) and collinear vertices."""
+    from scipy.spatial import ConvexHull
+
+    polygons = []
+    for count, stretch in ((3, 1.0), (5, 0.01), (8, 1.0), (40, 1.0), (60, 0.05), (4, 30.0)):
+        for _ in range(6):
+            cloud = rng.normal(size=(count, 2)) * [1.0, stretch] + rng.normal(size=2)
+            polygons.append(cloud[ConvexHull(cloud).vertices])  # counter-clockwise
+    square = np.array([[0, 0], [1, 0], [2, 0], [2, 1], [2, 2], [1, 2], [0, 2], [0, 1.0]])
+    polygons.append(square)  # every other vertex collinear
+    return polygons
+
+
+@pytest.mark.parametrize("form", ["eager", "compiled scan"])
+def test_nearest_edge_rule_is_the_exact_polygon_distance(form):
+    """The largest-outward-slack edge gives the exact distance to a convex polygon (checked
+    against :func:`bmc_calib.hulls.distance_to_polygon` in float64), for random points and
+    for points next to every vertex in all directions (the vertex regions, where the nearest
+    edge and the farthest-beyond edge differ), and float32 agrees to float32 precision."""
+    from bmc_calib.torch import (
+        _edge_rows,
+        _hull_distance_and_direction,
+        _hull_tables,
+        _nearest_edges_compiled,
+        _nearest_edges_eager,
+    )
+
+    rng = np.random.default_rng(RNG_SEED)
+    polygons = _random_convex_polygons(rng)
+    points = []
+    for poly in polygons:
+        lo, hi = poly.min(0), poly.max(0)
+        span = max(float(np.max(hi - lo)), 1e-3)
+        cloud = rng.uniform(lo - span, hi + span, (600, 2))
+        angles = rng.uniform(0, 2 * np.pi, (len(poly), 8))
+        radius = span * 10.0 ** rng.uniform(-6, 0, (len(poly), 8))
+        ring = poly[:, None] + radius[..., None] * np.stack((np.cos(angles), np.sin(angles)), -1)
+        far = rng.normal(size=(50, 2)) * 100 * span
+        points.append(np.concatenate((cloud, ring.reshape(-1, 2), far))[:650])
+    pts = np.stack(points)  # (H, 650, 2)
+    tables = _hull_tables(polygons)
+    edges = torch.as_tensor(_edge_rows(tables))
+    tolerance = torch.as_tensor(tables["tolerance"])[:, None]
+    search = _nearest_edges_eager if form == "eager" else _nearest_edges_compiled
+    px, py = torch.as_tensor(pts[..., 0]), torch.as_tensor(pts[..., 1])
+    dist, dx, dy, outside = search(px, py, edges, tolerance)
+    want = np.stack([distance_to_polygon(pts[a], poly) for a, poly in enumerate(polygons)])
+    got = (dist * outside).numpy()
+    scale = np.maximum(1.0, np.abs(pts).max(-1))
+    error = np.abs(got - want) / scale
+    assert error.max() <= 1e-12, (error.max(), np.unravel_index(error.argmax(), error.shape))
+    assert (want > 0).mean() > 0.5 and (want == 0).mean() > 0.02
+    # (dx, dy) points from the nearest boundary point to the point
+    torch.testing.assert_close(torch.hypot(dx, dy)[outside > 0], dist[outside > 0])
+    # float32 (the training dtype), bit tricks included, to float32 precision of the tables:
+    # the slivers' sharp vertices, where two nearly parallel edge lines meet, move by the
+    # rounding of an offset over the sine of their angle (up to ~50 float32 ulps)
+    f32 = [t.to(torch.float32) for t in (px, py, edges, tolerance)]
+    if form == "eager":
+        dist32, *_ = _hull_distance_and_direction(*f32)
+    else:
+        dist32 = search(*f32)[0] * search(*f32)[3]
+    error32 = np.abs(dist32.double().numpy() - want) / (want + scale)
+    worst = np.unravel_index(error32.argmax(), error32.shape)
+    assert error32.max() <= 2e-5, (error32.max(), worst, want[worst], pts[worst])
+
+
 # --------------------------------------------------------------------------- loss semantics
 def test_loss_terms_weights_and_reductions(limits, bundle_path):
     rng = np.random.default_rng(RNG_SEED)
