@@ -450,11 +450,13 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     if s.scale is not None:  # bones = raw / ‖raw_middle_root‖
         radial_all = (grad_bones * s.bones).sum((0, 1, 2))
         grad_bones[_MIDDLE, 0].sub_(radial_all * s.bones[_MIDDLE, 0])
-        grad_bones = grad_bones / s.scale
-    if s.sign is not None:
-        grad_bones[:, :, 0].mul_(s.sign)
-    # degenerate poses: whatever their arithmetic gave (NaN included) → 0
-    grad_bones = grad_bones.nan_to_num_(0.0, 0.0, 0.0).mul_(s.keep)
+    # degenerate poses: whatever their arithmetic gave (NaN included) → 0; then one product
+    # by the per-pose factor keep / scale, times the mirror sign for x: (3, N)
+    factor = s.keep if s.scale is None else (s.keep / s.scale).nan_to_num_(0.0, 0.0, 0.0)
+    factor = (
+        factor.expand(3, n) if s.sign is None else torch.stack((factor * s.sign, factor, factor))
+    )
+    grad_bones = grad_bones.nan_to_num_(0.0, 0.0, 0.0).mul_(factor)
     # joints: +bone as its child, −bone as its parent; then back to poses first (one copy)
     next_bone = torch.nn.functional.pad(grad_bones[:, 1:], (0, 0, 0, 0, 0, 1))
     wrist = grad_bones[:, 0].sum(0).neg_()
