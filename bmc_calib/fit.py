@@ -5,9 +5,9 @@ chunks):
 
 1. the parse: bone lengths only (:func:`bmc_calib.kinematics.quick_bone_lengths`): exact
    frame counts and each group's median bone lengths, for the glitch rule. The canonical
-   chunks go to a scratch file (:class:`_Scratch`) unless the source is a ``.npy`` file,
-   whose plain reads cost less than the copy; the SHA-256 recorded in the provenance is
-   that of the bytes parsed (:func:`_parsed_digest`);
+   chunks go to a scratch file (:class:`bmc_calib.scratch.ChunkTape`) unless the source is
+   a ``.npy`` file, whose plain reads cost less than the copy; the SHA-256 recorded in the
+   provenance is that of the bytes parsed (:func:`_parsed_digest`);
 2. the chunks replayed: all features per chunk (:func:`bmc_calib.kinematics.features_into`);
    degenerate frames and glitches are dropped on the spot. Kept: the used frames' joint
    angles (float32, 120 bytes a pose: every hull needs every point) on scratch disk, one
@@ -40,11 +40,7 @@ the default normalisation).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -63,6 +59,7 @@ from bmc_calib.kinematics import (
 )
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
 from bmc_calib.quantiles import QuantileTails
+from bmc_calib.scratch import AngleStore, ChunkTape, Scratch
 from bmc_calib.violations import FAMILIES, VERDICT_EPSILON, compute_violations
 
 #: progress callback: (stage, done, total or None)
@@ -148,7 +145,7 @@ class Collected:
     """What the two passes keep of all frames read (see the module docstring)."""
 
     #: (U, 15, 2) float32 angles of the used frames, in memory or on scratch disk
-    angles: np.ndarray | _AngleStore
+    angles: np.ndarray | AngleStore
     angle_group: np.ndarray  # (U,) int32 group of each used frame
     intervals: dict[str, np.ndarray]  # family → (2, K) lower/upper quantiles over used frames
     sample: Features  # float32 features of the tolerance subsample (used frames only)
@@ -171,13 +168,14 @@ def fit_limits(
 ) -> Limits:
     """Read ``sources`` and fit limits; see the module docstring.
 
-    Each source is parsed once; scratch data (see :class:`_Scratch`) goes to a private
-    folder in ``scratch_dir`` (default: the system's temporary folder, ``TMPDIR``), removed
-    when the fit ends, even when it fails; ``Limits.scratch_bytes`` says how much it held.
+    Each source is parsed once; scratch data (see :class:`bmc_calib.scratch.Scratch`) goes
+    to a private folder in ``scratch_dir`` (default: the system's temporary folder,
+    ``TMPDIR``), removed when the fit ends, even when it fails; ``Limits.scratch_bytes`` says
+    how much it held.
     """
     opts = options or FitOptions()
     report = progress or (lambda stage, done, total: None)
-    with _Scratch(scratch_dir) as scratch:
+    with Scratch(scratch_dir) as scratch:
         data = collect(sources, opts, report, scratch)
         limits = _fit_collected(data, sources, opts, report, extra_parameters)
         limits.scratch_bytes = scratch.peak_bytes
@@ -278,146 +276,10 @@ def _mirrored(chunk: Chunk) -> np.ndarray:
     return np.zeros(n, np.int32) if chunk.mirrored is None else chunk.mirrored.astype(np.int32)
 
 
-class _Scratch:
-    """The fit's scratch space: a private temporary folder, removed when the fit ends.
-
-    - Per source that is expensive to read again (anything but ``.npy``, which is streamed
-      with plain reads), the canonical chunks the one parse produced: joints in their own
-      dtype, group ids (int32) and mirrored flags (uint8), appended chunk by chunk. The
-      second pass replays them, with the same chunk boundaries, so it computes exactly what
-      a second parse would have.
-    - The used frames' joint angles, one float32 ``(U, 2)`` file per angle id, read back one
-      angle id at a time by the hulls: memory holds one angle id's points, not all 15.
-
-    Disk use (:attr:`peak_bytes`) is 120 bytes per used pose plus, for sources that are
-    replayed, 63 × itemsize + 5 bytes per frame.
-    """
-
-    def __init__(self, directory: str | None = None) -> None:
-        self.root = tempfile.mkdtemp(prefix="bmc-calib-fit-", dir=directory)
-        self.bytes = 0
-        self.peak_bytes = 0
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.root, name)
-
-    def wrote(self, count: int) -> None:
-        self.bytes += count
-        self.peak_bytes = max(self.peak_bytes, self.bytes)
-
-    def freed(self, count: int) -> None:
-        self.bytes -= count
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> _Scratch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _disk_error(scratch: _Scratch, exc: OSError) -> BadInputError:
-    return BadInputError(
-        f"cannot write fit scratch data in {scratch.root} ({exc.strerror or exc}); free disk "
-        "space there or point TMPDIR at a folder with room"
-    )
-
-
-class _ChunkTape:
-    """The canonical chunks of one source as the first pass read them (see :class:`_Scratch`)."""
-
-    def __init__(self, scratch: _Scratch, name: str) -> None:
-        self.scratch = scratch
-        self.file = scratch.path(name)
-        self.fh = open(self.file, "wb")
-        self.meta: list[tuple[int, np.dtype]] = []
-        self.size = 0
-
-    def append(self, joints: np.ndarray, ids: np.ndarray, mirrored: np.ndarray) -> None:
-        parts = (
-            np.ascontiguousarray(joints),
-            np.ascontiguousarray(ids, np.int32),
-            np.ascontiguousarray(mirrored, np.uint8),
-        )
-        try:
-            for part in parts:
-                self.fh.write(part.tobytes() if part.size == 0 else memoryview(part).cast("B"))
-        except OSError as exc:
-            raise _disk_error(self.scratch, exc) from None
-        count = sum(p.nbytes for p in parts)
-        self.size += count
-        self.scratch.wrote(count)
-        self.meta.append((joints.shape[0], joints.dtype))
-
-    def finish(self) -> None:
-        try:
-            self.fh.close()
-        except OSError as exc:
-            raise _disk_error(self.scratch, exc) from None
-
-    def replay(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """``(joints, group ids, mirrored)`` per chunk, as they were appended."""
-        with open(self.file, "rb") as fh:
-            for n, dtype in self.meta:
-                joints = np.fromfile(fh, dtype, count=n * skeleton.NUM_JOINTS * 3)
-                ids = np.fromfile(fh, np.int32, count=n)
-                mirrored = np.fromfile(fh, np.uint8, count=n).astype(np.int32)
-                yield joints.reshape(n, skeleton.NUM_JOINTS, 3), ids, mirrored
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            os.remove(self.file)
-        self.scratch.freed(self.size)
-
-
-class _AngleStore:
-    """The used frames' joint angles on scratch disk: one float32 ``(U, 2)`` file per angle id.
-
-    ``column(a)`` reads angle id ``a`` of every stored frame, in the order appended; the
-    values are exactly the float32 angles an in-memory ``(U, 15, 2)`` array would hold.
-    """
-
-    def __init__(self, scratch: _Scratch) -> None:
-        self.scratch = scratch
-        self.files = [scratch.path(f"angle_{a:02d}.f32") for a in range(skeleton.NUM_ANGLES)]
-        self.handles = [open(f, "wb") for f in self.files]
-        self.size = 0
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.size, skeleton.NUM_ANGLES, 2)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def append(self, block: np.ndarray) -> None:
-        block = np.asarray(block, dtype=np.float32)
-        if block.shape[0] == 0:
-            return
-        try:
-            for a, fh in enumerate(self.handles):
-                fh.write(memoryview(np.ascontiguousarray(block[:, a])).cast("B"))
-        except OSError as exc:
-            raise _disk_error(self.scratch, exc) from None
-        self.size += block.shape[0]
-        self.scratch.wrote(block.nbytes)
-
-    def finish(self) -> None:
-        try:
-            for fh in self.handles:
-                fh.close()
-        except OSError as exc:
-            raise _disk_error(self.scratch, exc) from None
-
-    def column(self, a: int) -> np.ndarray:
-        return np.fromfile(self.files[a], np.float32).reshape(-1, 2)
-
-
-def _angle_column(angles: np.ndarray | _AngleStore, a: int) -> np.ndarray:
-    """``(U, 2)`` points of angle id ``a`` of an in-memory array or an :class:`_AngleStore`."""
-    if isinstance(angles, _AngleStore):
+def _angle_column(angles: np.ndarray | AngleStore, a: int) -> np.ndarray:
+    """``(U, 2)`` points of angle id ``a`` of an in-memory ``(U, 15, 2)`` array or a
+    :class:`bmc_calib.scratch.AngleStore`."""
+    if isinstance(angles, AngleStore):
         return angles.column(a)
     return angles[:, a]
 
@@ -451,9 +313,9 @@ def _first_pass(
     sources: Sequence[Source],
     options: FitOptions,
     groups: _Groups,
-    scratch: _Scratch,
+    scratch: Scratch,
     report: ProgressFn,
-) -> tuple[np.ndarray, int, list[_ChunkTape | None], list[str]]:
+) -> tuple[np.ndarray, int, list[ChunkTape | None], list[str]]:
     """The only parse of each source: ``(2G, 20)`` median normalised bone lengths per hand,
     the frame count, each source's chunk tape (None: ``.npy``, read again) and the SHA-256
     of the bytes parsed.
@@ -466,13 +328,13 @@ def _first_pass(
     """
     lengths: list[np.ndarray] = []
     hand_ids: list[np.ndarray] = []
-    tapes: list[_ChunkTape | None] = []
+    tapes: list[ChunkTape | None] = []
     digests: list[str] = []
     total = 0
     for i, src in enumerate(sources):
         step = max(1, (src.frames or 0) // MEDIAN_FRAMES)
         start = 0
-        tape = None if src.rereadable else _ChunkTape(scratch, f"source_{i:05d}.bin")
+        tape = None if src.rereadable else ChunkTape(scratch, f"source_{i:05d}.bin")
         before = _signatures(src)
         if src.files is None:
             _io.forget_digest(src.path)
@@ -505,7 +367,7 @@ def _first_pass(
 
 
 def _replay(
-    src: Source, tape: _ChunkTape | None, groups: _Groups, digest: str
+    src: Source, tape: ChunkTape | None, groups: _Groups, digest: str
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The second pass over one source: its chunks as the first pass saw them."""
     if tape is not None:
@@ -536,13 +398,14 @@ def collect(
     sources: Sequence[Source],
     options: FitOptions,
     report: ProgressFn,
-    scratch: _Scratch | None = None,
+    scratch: Scratch | None = None,
 ) -> Collected:
     """Both streaming passes; see the module docstring. Each source is parsed once (the
-    second pass replays it from ``scratch``, see :class:`_Scratch`); without ``scratch``
-    the angles are kept in memory and a private scratch folder holds the chunks."""
+    second pass replays it from ``scratch``, see :class:`bmc_calib.scratch.Scratch`); without
+    ``scratch`` the angles are kept in memory and a private scratch folder holds the
+    chunks."""
     own = scratch is None
-    scratch = scratch or _Scratch()
+    scratch = scratch or Scratch()
     try:
         return _collect(sources, options, report, scratch, in_memory=own)
     finally:
@@ -554,7 +417,7 @@ def _collect(
     sources: Sequence[Source],
     options: FitOptions,
     report: ProgressFn,
-    scratch: _Scratch,
+    scratch: Scratch,
     *,
     in_memory: bool,
 ) -> Collected:
@@ -566,7 +429,7 @@ def _collect(
         "palm_curvature": QuantileTails(4, total, tail),
         "palm_angle": QuantileTails(4, total, tail),
     }
-    angles: _Angles | _AngleStore = _Angles(total) if in_memory else _AngleStore(scratch)
+    angles: _Angles | AngleStore = _Angles(total) if in_memory else AngleStore(scratch)
     angle_groups: list[np.ndarray] = []
     stride = max(1, int(np.ceil(total / max(options.tolerance_max_poses, 1))))
     sample_parts: list[Features] = []
@@ -628,9 +491,9 @@ def _collect(
             )
         )
         units.append(src.unit)
-    if isinstance(angles, _AngleStore):
+    if isinstance(angles, AngleStore):
         angles.finish()
-        used_angles: np.ndarray | _AngleStore = angles
+        used_angles: np.ndarray | AngleStore = angles
     else:
         used_angles = angles.data[: angles.size]
     intervals = (
@@ -731,7 +594,7 @@ class GroupHulls:
 
 
 def group_hulls(
-    angles: np.ndarray | _AngleStore, group: np.ndarray, n_groups: int, options: FitOptions,
+    angles: np.ndarray | AngleStore, group: np.ndarray, n_groups: int, options: FitOptions,
     report: ProgressFn | None = None,
 ) -> GroupHulls:  # fmt: skip
     """Per angle id a shared flexion centre, then each group's hull at coverage ``c``."""
@@ -770,7 +633,7 @@ _INSIDE_BLOCK = 1 << 18
 
 
 def consensus_joint_limits(
-    angles: np.ndarray | _AngleStore,
+    angles: np.ndarray | AngleStore,
     group: np.ndarray,
     per_group: GroupHulls,
     options: FitOptions,

@@ -36,7 +36,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from bmc_calib.kinematics import (
 )
 from bmc_calib.limits import Limits
 from bmc_calib.outputs import atomic_path
+from bmc_calib.scratch import ChunkTape, Scratch
 from bmc_calib.violations import (
     FAMILIES,
     VERDICT_EPSILON,
@@ -691,20 +692,19 @@ def _personal_medians(
     sources: Sequence[Source],
     groups: _PersonalGroups,
     normalization: str,
-    scratch: Any = None,
-) -> tuple[np.ndarray, list[Any]]:
+    scratch: Scratch | None = None,
+) -> tuple[np.ndarray, list[ChunkTape | None]]:
     """First pass: ``(G, 20)`` median normalised bone lengths of each personal group, and
-    per source its chunks on ``scratch`` (a :class:`bmc_calib.fit._ChunkTape`, None for
+    per source its chunks on ``scratch`` (a :class:`bmc_calib.scratch.ChunkTape`, None for
     ``.npy`` files, read again), so that no input is parsed twice."""
-    from bmc_calib.fit import _ChunkTape
-
-    lengths, ids, tapes = [], [], []
+    lengths, ids = [], []
+    tapes: list[ChunkTape | None] = []
     for i, src in enumerate(sources):
         step = max(1, (src.frames or 0) // personal.MEDIAN_FRAMES)
         start = 0
-        tape = None
+        tape: ChunkTape | None = None
         if scratch is not None and not src.rereadable:
-            tape = _ChunkTape(scratch, f"validate_{i:05d}.bin")
+            tape = ChunkTape(scratch, f"validate_{i:05d}.bin")
         for chunk in src.chunks():
             n = chunk.joints.shape[0]
             chunk_ids = groups.ids(i, chunk)
@@ -727,7 +727,7 @@ def _personal_medians(
 
 
 def _second_pass(
-    i: int, src: Source, tape: Any, groups: _PersonalGroups | None
+    i: int, src: Source, tape: ChunkTape | None, groups: _PersonalGroups | None
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """``(joints, personal group ids or None)`` per chunk: replayed, or read again."""
     if tape is not None:
@@ -769,11 +769,11 @@ def validate_sources(
     with contextlib.ExitStack() as scratch_stack:
         scratch = None
         medians = None
-        tapes: list[Any] = [None] * len(sources)
+        tapes: list[ChunkTape | None] = [None] * len(sources)
         if groups is not None:
-            from bmc_calib.fit import _Scratch
-
-            scratch = scratch_stack.enter_context(_Scratch())
+            scratch = scratch_stack.enter_context(
+                Scratch(prefix="bmc-calib-validate-", label="validate")
+            )
             medians, tapes = _personal_medians(sources, groups, limits.normalization, scratch)
         return _validate_pass(
             sources, limits, groups, medians, tapes, scale=scale, worst=worst, gt=gt,
@@ -786,7 +786,7 @@ def _validate_pass(
     limits: Limits,
     groups: _PersonalGroups | None,
     medians: np.ndarray | None,
-    tapes: list[Any],
+    tapes: list[ChunkTape | None],
     *,
     scale: float,
     worst: int,
