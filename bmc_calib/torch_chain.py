@@ -121,6 +121,34 @@ def warm_constants(device: torch.device | str) -> None:
         _constants(dtype, torch.device(device))
 
 
+def _bones(wrist: torch.Tensor, fingers: torch.Tensor) -> torch.Tensor:
+    """Bones child − parent ``(5, 4, 3, N)`` (as kinematics subtracts) of the wrist ``(3, N)``
+    and the finger joints ``(5, 4, 3, N)``: in eager mode two subtractions into one buffer,
+    compiled (where ``out=`` into views is best avoided) a concatenation and one."""
+    if _is_compiling():
+        return fingers - torch.cat((wrist.expand(5, 1, *wrist.shape), fingers[:, :-1]), 1)
+    raw = torch.empty_like(fingers)
+    torch.sub(fingers[:, 1:], fingers[:, :-1], out=raw[:, 1:])
+    torch.sub(fingers[:, 0], wrist, out=raw[:, 0])
+    return raw
+
+
+def _bones_backward(grad: torch.Tensor) -> torch.Tensor:
+    """Gradient ``(21, 3, N)`` w.r.t. the joints of :func:`_bones` for the bone gradient
+    ``grad`` ``(5, 4, 3, N)``: each joint gets +its bone and −the next bone of its finger; the
+    wrist −the sum of the root bones."""
+    if _is_compiling():
+        next_bone = torch.nn.functional.pad(grad[:, 1:], (0, 0, 0, 0, 0, 1))
+        wrist = grad[:, 0].sum(0).neg_()
+        return torch.cat((wrist[None], (grad - next_bone).view(20, *grad.shape[2:])))
+    out = grad.new_empty((21, *grad.shape[2:]))
+    fingers = out[1:].view(grad.shape)
+    torch.sub(grad[:, :-1], grad[:, 1:], out=fingers[:, :-1])
+    fingers[:, -1].copy_(grad[:, -1])
+    torch.sum(grad[:, 0], 0, out=out[0]).neg_()
+    return out
+
+
 def _transpose_poses(a: torch.Tensor) -> torch.Tensor:
     """``(N, C) -> (C, N)``, contiguous, for ``N`` ≫ ``C``. Written as a channels-last →
     contiguous conversion of a ``(1, C, N, 1)`` image, whose copy kernel is blocked and
@@ -318,8 +346,7 @@ def chain_forward(
     # the poses transposed once (one copy: cheaper than a matrix product doing the same)
     joint = _transpose_poses(joints.reshape(n, 63)).view(21, 3, n)
     fingers = joint[1:].view(5, 4, 3, n)
-    parents = torch.cat((joint[0].expand(5, 1, 3, n), fingers[:, :-1]), 1)
-    raw = fingers - parents  # bones child − parent, as kinematics subtracts
+    raw = _bones(joint[0], fingers)  # (5, 4, 3, N)
     if sign is not None:
         raw[:, :, 0].mul_(sign)
     raw_len = (raw * raw).sum(-2).sqrt_()  # (5, 4, N)
@@ -466,10 +493,7 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     )
     grad_bones = grad_bones.nan_to_num_(0.0, 0.0, 0.0).mul_(factor)
     # joints: +bone as its child, −bone as its parent; then back to poses first (one copy)
-    next_bone = torch.nn.functional.pad(grad_bones[:, 1:], (0, 0, 0, 0, 0, 1))
-    wrist = grad_bones[:, 0].sum(0).neg_()
-    grad_joint = torch.cat((wrist[None], (grad_bones - next_bone).view(20, 3, n)))
-    grad_joint = grad_joint.view(63, n).t()
+    grad_joint = _bones_backward(grad_bones).view(63, n).t()
     if _is_compiling():  # as in _transpose_poses: keep inductor from fusing the transposition
         return torch.mm(grad_joint, const.identity).view(n, 21, 3)
     return grad_joint.contiguous().view(n, 21, 3)
