@@ -5,11 +5,14 @@
 # 4096 / 16384). About 3-4 minutes on one H100/H200; the table is what docs/performance.md
 # quotes. Writes its log to ${OUT:-.}/device_check.log.
 #
-# The machine has no network. Core dependencies it lacks (shapely, rdp, ...) travel as wheels
-# in ./.whl, fetched beforehand where pip works:
+# The machine has no network. Core dependencies it lacks (shapely, ijson, rdp; its image has
+# numpy, scipy, h5py, typer and rich) travel as wheels in ./.whl (git-ignored; name it in the
+# device tool's `carry`), fetched beforehand where pip works:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .whl shapely rdp
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl shapely==2.2.0 ijson==3.6.0
+#   python3 -m pip download --no-deps -d .whl rdp==0.8 && python3 -m pip wheel --no-deps \
+#     -w .whl .whl/rdp-0.8.tar.gz && rm .whl/rdp-0.8.tar.gz   # rdp ships no wheel
 set -uo pipefail
 log="${OUT:-.}/device_check.log"
 exec > >(tee "$log") 2>&1
