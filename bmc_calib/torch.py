@@ -347,7 +347,11 @@ def _edge_rows(tables: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
-def _hull_layout(tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+#: ``(rows, picks, base)`` of :func:`_hull_layout`.
+_HullLayout = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _hull_layout(tables: torch.Tensor) -> _HullLayout:
     """The edge table ``(7, H, V)`` in the layouts the nearest-edge search reads.
 
     ``rows`` ``(H, V, 3)``: ``[−n | n·v]``, one batched product with homogeneous points gives
@@ -393,7 +397,7 @@ def _nearest_edges_eager(
     py: torch.Tensor,
     tables: torch.Tensor,
     tolerance: torch.Tensor,
-    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    layout: _HullLayout | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Eager form of the nearest-edge search: few large kernels.
 
@@ -432,7 +436,7 @@ def _nearest_edges_compiled(
     py: torch.Tensor,
     tables: torch.Tensor,
     tolerance: torch.Tensor,
-    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    layout: _HullLayout | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """``torch.compile`` form of :func:`_nearest_edges_eager`, same rule and results.
 
@@ -477,7 +481,7 @@ def _hull_distance_and_direction(
     abduction: torch.Tensor,
     tables: torch.Tensor,
     tolerance: torch.Tensor,
-    layout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    layout: _HullLayout | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`_hull_distance` and its gradient with respect to the point, ``(H, N)`` each:
     the unit vector from the nearest boundary point to the point, 0 inside."""
