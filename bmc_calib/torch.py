@@ -46,6 +46,7 @@ import numpy as np
 try:
     import torch
     from torch import nn
+    from torch.autograd.function import once_differentiable
 except ModuleNotFoundError as exc:  # the optional extra is not installed
     if exc.name != "torch":
         raise
@@ -197,6 +198,7 @@ class _Features(torch.autograd.Function):
         return features, keep
 
     @staticmethod
+    @once_differentiable  # the hand-derived backward is not itself differentiated
     def backward(ctx, grad_features, grad_keep):
         return chain_backward(_restore(ctx), grad_features), None, None
 
@@ -554,6 +556,7 @@ class _Magnitudes(torch.autograd.Function):
         return features, magnitudes, terms, keep
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
         term_matrix, slopes = ctx.saved_tensors[:2]
         factor = ctx.saved_tensors[2] if ctx.extra else None

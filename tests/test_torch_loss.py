@@ -633,6 +633,17 @@ def _special_poses() -> dict[str, tuple[np.ndarray, bool]]:
     return cases
 
 
+def test_second_derivatives_are_refused_not_silently_wrong(limits):
+    """The hand-derived backward is not itself differentiated: asking for a gradient of the
+    gradient raises instead of returning one that misses the chain's second derivatives."""
+    joints = torch.as_tensor(plausible_poses(3), dtype=torch.float64).requires_grad_(True)
+    total, _ = BMCLoss(limits)(joints * 1.2)
+    scale = torch.ones((), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(total, joints, grad_outputs=scale, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
 @pytest.mark.parametrize("name", list(_special_poses()))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_gradients_finite_on_special_poses(limits, name, dtype):
