@@ -63,6 +63,7 @@ from bmc_calib.torch_chain import (
     Saved,
     chain_backward,
     chain_forward,
+    comparison_mask,
     warm_constants,
 )
 
@@ -178,8 +179,9 @@ def _restore(ctx, skip: int = 0) -> Saved:
     items = []
     for field in Saved._fields:
         if field in ("rot0", "rot1"):
-            items.append(Rotation(*flat[:4]))
-            del flat[:4]
+            size = len(Rotation._fields)
+            items.append(Rotation(*flat[:size]))
+            del flat[:size]
         else:
             items.append(flat.pop(0))
     return Saved(*items)
@@ -484,13 +486,20 @@ def _hull_distance_and_direction(
     tables: torch.Tensor,
     tolerance: torch.Tensor,
     layout: _HullLayout | None = None,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`_hull_distance` and its gradient with respect to the point, ``(H, N)`` each:
-    the unit vector from the nearest boundary point to the point, 0 inside."""
+    """:func:`_hull_distance` and its gradient with respect to the point, ``(H, N)`` each
+    (into ``out`` if given): the unit vector from the nearest boundary point to the point,
+    0 inside."""
     search = _nearest_edges_compiled if _is_compiling() else _nearest_edges_eager
     dist, dx, dy, outside = search(flexion, abduction, tables, tolerance, layout)
     scale = dist.clamp_min(1e-30).reciprocal_().mul_(outside)  # (masks as 0/1 products:
-    return dist.mul_(outside), dx * scale, dy * scale  # masked_fill is slow on CPU)
+    dist_out, dx_out, dy_out = (None, None, None) if out is None else out  # masked_fill is
+    return (  # slow on CPU)
+        torch.mul(dist, outside, out=dist_out),
+        torch.mul(dx, scale, out=dx_out),
+        torch.mul(dy, scale, out=dy_out),
+    )
 
 
 def _unwrap_flexion(flexion: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
@@ -503,11 +512,13 @@ class _Magnitudes(torch.autograd.Function):
     """The whole per-pose computation of :class:`BMCLoss` in one autograd node.
 
     Inputs: joints ``(N, 21, 3)``, ``sign`` ``(N,)`` or None, the normalisation, ``bounds``
-    ``(4, 28, 1)`` (interval min, max and the weights of the two hinge sides: 1 / edge for
-    bone lengths, 1 otherwise), ``shift`` ``(43, 1)`` (where each penalty starts: 0 or the
-    tolerance), ``term_matrix`` ``(T, 43)`` (per-pose terms as weighted sums of penalties),
-    ``squared_hull`` (bool: joint-angle penalty squared), ``flexion_center`` ``(15, 1)``, the
-    hull edge table ``(7, 15, V)`` and ``hull_tolerance`` ``(15, 1)``.
+    ``(5, 28, 1)`` (the two hinge sides as ``v·a + b``: both biases, both slopes — 1 / edge
+    for bone lengths, 1 otherwise — and the slopes' difference), ``shift`` ``(43, 1)`` (where
+    each penalty starts: 0 or the tolerance), ``term_matrix`` ``(T, 43)`` (per-pose terms as
+    weighted sums of penalties) with each magnitude's weight in its term ``term_weight``
+    ``(43, 1)`` (magnitudes feed the terms in :data:`_TERM_SPANS`), ``squared_hull`` (bool:
+    joint-angle penalty squared), ``flexion_center`` ``(15, 1)``, the hull edge table
+    ``(7, 15, V)`` and ``hull_tolerance`` ``(15, 1)``.
 
     Outputs: features ``(58, N)`` (0 for degenerate poses), magnitudes ``(43, N)`` (interval
     items then joint angles, :mod:`bmc_calib.violations`' units, minus ``shift``, clamped at
@@ -518,39 +529,44 @@ class _Magnitudes(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, joints, sign, normalization, bounds, shift, term_matrix, squared_hull,
+        ctx, joints, sign, normalization, bounds, shift, term_matrix, term_weight, squared_hull,
         flexion_center, hull_edges, hull_tolerance, hull_rows, hull_picks, hull_base,
     ):  # fmt: skip
         features, keep, saved = chain_forward(joints, sign, normalization)
+        n = joints.shape[0]
         # the two sides of each interval hinge, (lo − v)·w_lo and (v − hi)·w_hi, as v·a + b
-        low_bias, high_bias, low_slope, high_slope = bounds.unbind(0)
+        low_bias, high_bias, low_slope, high_slope, slope_step = bounds.unbind(0)
         values = features[:28]
         low_side = torch.addcmul(low_bias, values, low_slope)
         high_side = torch.addcmul(high_bias, values, high_slope)
-        # the violated side's slope, as exact 0/1 products (a broadcasting torch.where is ~5x
-        # slower on CPU)
+        magnitudes = joints.new_empty(43, n)
+        # d magnitude / d feature, rows as the features (joint-angle rows twice)
+        slopes = joints.new_empty(58, n)
+        # the violated side's slope, w_hi + (lower side) (w_lo − w_hi): exact 0/1 products
+        # (a broadcasting torch.where is ~5x slower on CPU)
         lower = (low_side - high_side).gt_(0.0)
-        slope = (lower * low_slope).addcmul_(1.0 - lower, high_slope)
+        torch.addcmul(high_slope, lower, slope_step, out=slopes[:28])
+        torch.maximum(low_side, high_side, out=magnitudes[:28])
         flexion = _unwrap_flexion(features[28:43], flexion_center)
-        dist, grad_x, grad_y = _hull_distance_and_direction(
-            flexion, features[43:], hull_edges, hull_tolerance, (hull_rows, hull_picks, hull_base)
-        )
-        magnitudes = torch.cat((torch.maximum(low_side, high_side), dist))
+        _hull_distance_and_direction(
+            flexion, features[43:], hull_edges, hull_tolerance,
+            (hull_rows, hull_picks, hull_base), (magnitudes[28:], slopes[28:43], slopes[43:]),
+        )  # fmt: skip
         if shift is not None:
-            magnitudes = magnitudes - shift
-        magnitudes = magnitudes.clamp_min_(0.0).mul_(saved.keep)
+            magnitudes.sub_(shift)
+        magnitudes.clamp_min_(0.0).mul_(saved.keep)
         if squared_hull:
             penalty = torch.cat((magnitudes[:28], magnitudes[28:].square()))
             factor = 2.0 * magnitudes[28:]
         else:
             penalty, factor = magnitudes, None
         terms = torch.mm(term_matrix, penalty)
-        active = torch.sign(magnitudes)  # 1.0 where a penalty applies, else 0.0
-        # d magnitude / d feature, rows as the features (joint-angle rows twice)
-        slopes = torch.cat((slope, grad_x, grad_y)).mul_(torch.cat((active, active[28:])))
+        active = comparison_mask(torch.gt, magnitudes, 0.0)  # 1: a penalty applies
+        slopes[:43].mul_(active)
+        slopes[43:].mul_(active[28:])
         ctx.extra = 1 if factor is not None else 0
         extra = [factor] if factor is not None else []
-        ctx.save_for_backward(term_matrix, slopes, *extra, *_flatten(saved))
+        ctx.save_for_backward(slopes, term_weight, *extra, *_flatten(saved))
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(keep)
         return features, magnitudes, terms, keep
@@ -558,14 +574,15 @@ class _Magnitudes(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
-        term_matrix, slopes = ctx.saved_tensors[:2]
+        slopes, term_weight = ctx.saved_tensors[:2]
         factor = ctx.saved_tensors[2] if ctx.extra else None
         grad = grad_magnitudes
         if grad_terms is not None:
-            # each magnitude feeds one term: a row pick and a weight, not a (43, T) product
-            rows = term_matrix.ne(0).to(torch.uint8).argmax(0)
-            weight = term_matrix.gather(0, rows[None]).t()
-            from_terms = grad_terms.index_select(0, rows).mul_(weight)
+            # each magnitude feeds one term (_TERM_SPANS): a row pick and a weight, not a
+            # (43, T) product
+            n = grad_terms.shape[1]
+            picked = [grad_terms[t : t + 1].expand(k, n) for t, k in enumerate(_TERM_SPANS)]
+            from_terms = torch.cat(picked).mul_(term_weight)
             if factor is not None:
                 from_terms[28:].mul_(factor)
             grad = from_terms if grad is None else grad + from_terms
@@ -574,17 +591,19 @@ class _Magnitudes(torch.autograd.Function):
             grad_f = grad_features if grad_f is None else grad_f + grad_features
         saved = _restore(ctx, skip=2 + ctx.extra)
         grad_joints = None if grad_f is None else chain_backward(saved, grad_f)
-        return (grad_joints, *([None] * 12))
+        return (grad_joints, *([None] * 13))
 
 
 # --------------------------------------------------------------------------- the loss
 #: Buffers read by ``forward``, derived from the stored limits by ``_derive``; each has a
 #: float32 shadow ``_float32_<name>``.
 _FORWARD_BUFFERS: tuple[str, ...] = (
-    "bounds", "tolerance_shift", "term_matrix", "flexion_center",
+    "bounds", "tolerance_shift", "term_matrix", "term_weight", "flexion_center",
     "hull_edges", "hull_tolerance", "hull_rows", "hull_picks", "personal_allowance",
 )  # fmt: skip
 _FLOAT32 = "_float32_"
+#: How many magnitudes feed each of TERMS, in order (bone lengths, palm, joint angles).
+_TERM_SPANS: tuple[int, ...] = (20, 8, 15)
 #: Ways to penalise a joint angle outside its hull (see :class:`BMCLoss`).
 HULL_PENALTIES: tuple[str, ...] = ("linear", "squared")
 
@@ -694,6 +713,7 @@ class BMCLoss(nn.Module):
             "bounds",
             "tolerance_shift",
             "term_matrix",
+            "term_weight",
             "hull_rows",
             "hull_picks",
             "hull_base",
@@ -704,8 +724,21 @@ class BMCLoss(nn.Module):
         self._derive()
         self.register_load_state_dict_post_hook(_refresh_derived)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """:meth:`torch.nn.Module._apply` (``.to()``, ``.cuda()``, …), then the chain's
+        constant matrices on the new device (see :meth:`_derive`)."""
+        module = super()._apply(fn, recurse)
+        warm_constants(self.bone_length_min.device)
+        return module
+
     def _derive(self) -> None:
-        """Compute the tables forward reads from the stored limits, and their float32 copies."""
+        """Compute the tables forward reads from the stored limits, and their float32 copies.
+
+        Also creates the chain's constant matrices for the buffers' device: a cache filled
+        while ``torch.compile`` traces (``torch.compile(loss)``, not :meth:`compile`) is a side
+        effect dynamo cannot trace through the hand-derived backward.
+        """
+        warm_constants(self.bone_length_min.device)
         with torch.no_grad():
             families = ("bone_length", "palm_curvature", "palm_angle")
             low = torch.cat([getattr(self, f"{f}_min") for f in families])
@@ -716,9 +749,10 @@ class BMCLoss(nn.Module):
             low_weight = torch.cat((1.0 / torch.where(low[:20] > 0, low[:20], tiny), ones))
             high_weight = torch.cat((1.0 / torch.where(high[:20] > 0, high[:20], tiny), ones))
             # (lo − v)·w_lo = v·(−w_lo) + lo·w_lo and (v − hi)·w_hi = v·w_hi − hi·w_hi
-            bounds = torch.stack((low * low_weight, -high * high_weight, -low_weight, high_weight))[
-                ..., None
-            ]
+            bounds = torch.stack(
+                (low * low_weight, -high * high_weight, -low_weight, high_weight,
+                 -low_weight - high_weight)
+            )[..., None]  # fmt: skip
             tolerance = torch.cat(
                 [getattr(self, f"{f}_tolerance") for f in families] + [self.joint_angle_tolerance]
             )[:, None]
@@ -727,10 +761,16 @@ class BMCLoss(nn.Module):
             term_matrix[0, :20] = w["bone_length"] / 20
             term_matrix[1, 20:28] = w["palm"] / 4
             term_matrix[2, 28:] = w["joint_angle"] / 15
+            # each magnitude feeds one term: its weight (the backward's row pick)
+            term_rows = torch.repeat_interleave(
+                torch.arange(len(TERMS), device=low.device),
+                torch.tensor(_TERM_SPANS, device=low.device),
+            )
             derived = {
                 "bounds": bounds,
                 "tolerance_shift": tolerance,
                 "term_matrix": term_matrix,
+                "term_weight": term_matrix.gather(0, term_rows[None]).t(),
             }
             rows, picks, base = _hull_layout(self.hull_edges)
             derived["hull_rows"], derived["hull_picks"] = rows, picks
@@ -799,7 +839,8 @@ class BMCLoss(nn.Module):
 
         return _Magnitudes.apply(
             joints, sign, self.normalization, buf("bounds"),
-            buf("tolerance_shift") if shifted else None, buf("term_matrix"), squared,
+            buf("tolerance_shift") if shifted else None, buf("term_matrix"), buf("term_weight"),
+            squared,
             buf("flexion_center"), buf("hull_edges"), buf("hull_tolerance"), buf("hull_rows"),
             buf("hull_picks"), self.hull_base,
         )  # fmt: skip

@@ -36,6 +36,7 @@ cost several times a multiplication.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -58,8 +59,8 @@ FEATURE_ROWS: tuple[tuple[str, int, int], ...] = (
 )
 NUM_FEATURES = 58
 _TWO_PI = 2.0 * math.pi
+_TESTED = 11  # rows of chain_forward's buffer before the bone lengths (DESIGN §4.7 tests)
 _MIDDLE = 2  # the reference bone wrist → middle MCP is the middle finger's root bone
-_REF_FLOOR = {torch.float64: 1e-300, torch.float32: float(torch.finfo(torch.float32).tiny)}
 
 
 # every degenerate test of kinematics compares with the same threshold (one comparison here)
@@ -93,14 +94,54 @@ def _pair_matrix() -> np.ndarray:
     return out
 
 
+def _edge_matrices() -> tuple[np.ndarray, np.ndarray]:
+    """``(4, 7)`` and ``(5, 7)``: the palm's unit vectors ``(n_0..3, p_0..2)`` → the edge
+    differences ``e_{i+1} − e_i`` of ``e = (n_0, p_0, p_1, p_2, n_3)`` and the level-0 x axes
+    ``−(n_0, n_1, p_1, p_2, n_3)`` (entries 0 and ±1: each row is an exact difference or
+    negation)."""
+    edge = np.zeros((4, 7))
+    slots = (0, 4, 5, 6, 3)
+    for i in range(4):
+        edge[i, slots[i + 1]] += 1.0
+        edge[i, slots[i]] -= 1.0
+    x_axes = np.zeros((5, 7))
+    for f, slot in enumerate((0, 1, 5, 6, 3)):
+        x_axes[f, slot] = -1.0
+    return edge, x_axes
+
+
+def _bone_matrix() -> np.ndarray:
+    """``(60, 63)``: bones ``(5, 4, 3)`` (child − parent, component-wise) from joints
+    ``(21, 3)``, flattened."""
+    out = np.zeros((5, 4, 3, 21, 3))
+    for f in range(5):
+        for seg in range(4):
+            child = 1 + 4 * f + seg
+            parent = 0 if seg == 0 else child - 1
+            for c in range(3):
+                out[f, seg, c, child, c] += 1.0
+                out[f, seg, c, parent, c] -= 1.0
+    return out.reshape(60, 63)
+
+
 class _Constants(NamedTuple):
     identity: torch.Tensor  # (63, 63)
     palm_matrix: torch.Tensor  # (7, 9)
     pair_matrix: torch.Tensor  # (4, 3)
     e_z: torch.Tensor  # (3, 1)
+    edge_matrix: torch.Tensor  # (4, 7)
+    x_matrix: torch.Tensor  # (5, 7)
+    bone_matrix: torch.Tensor  # (60, 63)
 
 
-_ARRAYS = (np.eye(63), _palm_matrix(), _pair_matrix(), np.array([[0.0], [0.0], [1.0]]))
+_ARRAYS = (
+    np.eye(63),
+    _palm_matrix(),
+    _pair_matrix(),
+    np.array([[0.0], [0.0], [1.0]]),
+    *_edge_matrices(),
+    _bone_matrix(),
+)
 _CONSTANTS: dict[tuple[torch.dtype, torch.device], _Constants] = {}
 
 
@@ -149,6 +190,14 @@ def _bones_backward(grad: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _bones_backward_to_poses(grad: torch.Tensor, const: _Constants) -> torch.Tensor:
+    """:func:`_bones_backward` written straight into poses-first ``(N, 21, 3)``, as one
+    product with the 0/±1 matrix of child − parent (the transposition costs no pass of its
+    own; a wrist gradient sums its five root bones in the product's order)."""
+    n = grad.shape[-1]
+    return torch.mm(grad.view(60, n).t(), const.bone_matrix).view(n, 21, 3)
+
+
 def _transpose_poses(a: torch.Tensor) -> torch.Tensor:
     """``(N, C) -> (C, N)``, contiguous, for ``N`` ≫ ``C``. Written as a channels-last →
     contiguous conversion of a ``(1, C, N, 1)`` image, whose copy kernel is blocked and
@@ -165,6 +214,18 @@ def _transpose_poses(a: torch.Tensor) -> torch.Tensor:
     return a.view(1, rows, 1, cols).permute(0, 3, 1, 2).contiguous().view(cols, rows)
 
 
+def comparison_mask(
+    compare: Callable[..., torch.Tensor], a: torch.Tensor, value: float
+) -> torch.Tensor:
+    """``compare(a, value)`` as a 0/1 mask for arithmetic with ``a``'s dtype. On the CPU
+    written as floats by the comparison itself (a bool result, and arithmetic with it, are
+    each ~4x slower there than with floats); elsewhere bool (one kernel, and mixed-dtype
+    arithmetic costs nothing extra)."""
+    if a.device.type != "cpu":
+        return compare(a, value)
+    return compare(a, value, out=torch.empty_like(a))
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(..., 3, N) · (..., 3, N) -> (..., N)`` (shapes broadcast; two kernels: at batch
     4096 the component-wise form saves less time than its three extra dispatches cost)."""
@@ -179,15 +240,16 @@ def _broadcast(a: torch.Size, b: torch.Size) -> tuple[int, ...]:
     return tuple(x if y == 1 else y for x, y in zip(a, b, strict=True))
 
 
-def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(..., 3, N) × (..., 3, N)`` (shapes broadcast).
+def _cross(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``(..., 3, N) × (..., 3, N)`` (shapes broadcast), into ``out`` if given.
 
     On CPU component by component (six kernels, ~5× faster there than ``linalg.cross`` over
     a non-last axis); elsewhere, and in compiled code, ``linalg.cross``, one kernel launch.
     """
     if a.device.type != "cpu" or _is_compiling():
-        return torch.linalg.cross(a, b, dim=-2)
-    out = a.new_empty(_broadcast(a.shape, b.shape))
+        return torch.linalg.cross(a, b, dim=-2, out=out)
+    if out is None:
+        out = a.new_empty(_broadcast(a.shape, b.shape))
     (a0, a1, a2), (b0, b1, b2) = a.unbind(-2), b.unbind(-2)
     for o, (p, q, r, s) in zip(out.unbind(-2), ((a1, b2, a2, b1), (a2, b0, a0, b2),
                                                (a0, b1, a1, b0)), strict=True):  # fmt: skip
@@ -203,72 +265,74 @@ def _norm(a: torch.Tensor) -> torch.Tensor:
 
 def _unit_backward(grad: torch.Tensor, unit: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     """Gradient through ``unit = v / ‖v‖`` (``norm`` = ‖v‖ without the component axis)."""
-    return (grad - _dot(grad, unit)[..., None, :] * unit) / norm[..., None, :]
+    return torch.addcmul(grad, _dot(grad, unit)[..., None, :], unit, value=-1.0).div_(
+        norm[..., None, :]
+    )
 
 
 class Rotation(NamedTuple):
     """One level's frame carry ``T(u, ·)`` (module docstring), fingers first, ``N`` last."""
 
-    u: torch.Tensor  # (5, 3, N) unit bone in the frame's coordinates
-    h: torch.Tensor  # (5, 3, N) u + e_z (e_y where antiparallel)
-    k: torch.Tensor  # (5, N) 1 + u_z (1/2 where antiparallel)
-    turning: torch.Tensor  # (5, N) 1.0, or 0.0 where antiparallel
+    uh: torch.Tensor  # (2, 5, 3, N): u, the unit bone in the frame's coordinates, and h
+    kk: torch.Tensor  # (5, N) ‖h‖² = 2 k
+    fixed: torch.Tensor  # (5, N) 1.0 where antiparallel (kinematics' fixed half turn), else 0
 
 
 def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotation:
     """The carry taking e_z onto the bone ``c`` ``(5, 3, N)`` of length ``length`` ``(5, N)``.
 
-    ``k = 1 + u_z`` is evaluated as ``(u_x² + u_y² + (1 + u_z)²) / 2`` (equal on the unit
-    sphere), accurate near π where ``1 + u_z`` alone cancels (kinematics is accurate there
-    too). Antiparallel (``k ≤ ALIGNED² / 2``, i.e. kinematics' ``|z × b̂| ≤ ALIGNED``,
-    ``z·b̂ < 0``): ``h = e_y``, ``k = 1/2`` turn the same formula into the half turn about x,
-    ``T = diag(1, −1, −1)`` (kinematics' fixed choice).
+    ``u`` and ``h = u + e_z`` are stored together. ``k = 1 + u_z`` is ``‖h‖² / 2`` (equal on
+    the unit sphere; accurate near π, where ``1 + u_z`` alone cancels). Antiparallel
+    (``‖h‖² ≤ ALIGNED²``, i.e. kinematics' ``|z × b̂| ≤ ALIGNED``, ``z·b̂ < 0``): ``h`` gains
+    ``e_y`` and ``‖h‖²`` 1, which turns the same formula into the half turn about x,
+    ``T = diag(1, −1, −1)`` (kinematics' fixed choice; exactly so for ``h = 0``, to within
+    ``ALIGNED`` otherwise).
     """
-    u = c / length[:, None]
-    h = u + const.e_z
-    k = torch.addcmul((u[:, :2] * u[:, :2]).sum(1), h[:, 2], h[:, 2]).mul_(0.5)
-    # where antiparallel (turning = 0): h = e_y, k = 1/2, by exact arithmetic (products by 1
-    # and 0 and sums with 0 are exact; torch.where / masked_fill with these broadcasts are
-    # several times slower on CPU)
-    turning = (k > 0.5 * kinematics.ALIGNED**2).to(k.dtype)
-    fixed = 1.0 - turning
-    h.mul_(turning[:, None])[:, 1].add_(fixed)
-    return Rotation(u, h, k.mul_(turning).add_(fixed, alpha=0.5), turning)
+    uh = c.new_empty((2, *c.shape))
+    u = torch.div(c, length[:, None], out=uh[0])
+    h = torch.add(u, const.e_z, out=uh[1])
+    kk = _dot(h, h)
+    fixed = comparison_mask(torch.le, kk, kinematics.ALIGNED**2)
+    h[:, 1].add_(fixed)
+    return Rotation(uh, kk.add_(fixed), fixed)
 
 
 def _carry(rot: Rotation, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``T(u, w) = w − γ h + 2 (u·w) e_z`` with ``γ = (h·w) / k`` for ``w`` ``(5, M, 3, N)``;
-    returns it and ``γ`` ``(5, M, 1, N)``."""
-    h = rot.h[:, None]
-    gamma = (_dot(h, w) / rot.k[:, None])[:, :, None]  # (5, M, 1, N)
-    out = w - gamma * h
-    out[..., 2, :].add_(_dot(rot.u[:, None], w), alpha=2.0)
-    return out, gamma
+    returns it and ``γ / 2 = (h·w) / ‖h‖²`` ``(5, M, 1, N)``."""
+    u, h = rot.uh[0][:, None], rot.uh[1][:, None]
+    # (two products: one broadcasting over both u, h and the M vectors is several times slower)
+    half_gamma = (_dot(h, w) / rot.kk[:, None])[:, :, None]
+    out = torch.addcmul(w, half_gamma, h, value=-2.0)
+    out[..., 2, :].add_(_dot(u, w), alpha=2.0)
+    return out, half_gamma
 
 
 def _carry_backward(
-    rot: Rotation, w: torch.Tensor, gamma: torch.Tensor, g: torch.Tensor
+    rot: Rotation, w: torch.Tensor, half_gamma: torch.Tensor, g: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``T(u, w)`` ``(5, M, 3, N)`` for the output gradient ``g``: ``(G_w, G_u)``
-    with ``G_u`` ``(5, 3, N)`` summed over the ``M`` vectors.
+    """Gradients of ``T(u, w)`` ``(5, M, 3, N)`` for the output gradient ``g``: ``(G_w, G_u / 2)``
+    with ``G_u`` ``(5, 3, N)`` summed over the ``M`` vectors (the caller doubles it).
 
     With ``β = (g·h) / k``: ``G_w = g − β h + 2 g_z u`` and (``h = u + e_z``)
     ``G_u = (2 g_z − β) w − γ g + γ β e_z``; antiparallel, ``T`` is constant: ``G_u = 0``.
     """
-    h = rot.h[:, None]
-    beta = (_dot(g, h) / rot.k[:, None])[:, :, None]  # (5, M, 1, N)
+    u, h = rot.uh[0][:, None], rot.uh[1][:, None]
+    half_beta = (_dot(g, h) / rot.kk[:, None])[:, :, None]  # (5, M, 1, N)
     g_z = g[..., 2:, :]
-    grad_w = (g - beta * h).addcmul_(g_z, rot.u[:, None], value=2.0)
-    grad_u = torch.add(-beta, g_z, alpha=2.0) * w - gamma * g
-    grad_u[..., 2, :].add_((gamma * beta)[..., 0, :])
-    return grad_w, grad_u.sum(1).mul_(rot.turning[:, None])
+    grad_w = torch.addcmul(g, half_beta, h, value=-2.0).addcmul_(g_z, u, value=2.0)
+    half = (g_z - half_beta) * w
+    half.addcmul_(half_gamma, g, value=-1.0)
+    half[..., 2, :].addcmul_(half_gamma[..., 0, :], half_beta[..., 0, :], value=2.0)
+    grad_u = half.sum(1)
+    return grad_w, grad_u.addcmul_(grad_u, rot.fixed[:, None], value=-1.0)
 
 
 def angles_in_frame(
-    c: torch.Tensor,
+    c: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """Flexion and abduction (DESIGN §4.5, kinematics' values) of bones ``c`` ``(..., 3, N)``
-    given in their frames' coordinates, each ``(..., N)``, and what
+    given in their frames' coordinates, each ``(..., N)`` (into ``out`` if given), and what
     :func:`angles_backward` needs.
 
     Flexion ``atan2(c_x + 0.0, c_z)``: adding +0.0 turns −0.0 into +0.0, which is
@@ -278,9 +342,12 @@ def angles_in_frame(
     c_sq = c * c
     h_sq = c_sq[..., 0, :] + c_sq[..., 2, :]
     h = h_sq.sqrt()
-    flexion = torch.atan2(c[..., 0, :] + 0.0, c[..., 2, :])
-    abduction = torch.atan2(c[..., 1, :], h)
-    pole = h_sq == 0  # along ±y: both gradients are 0 there, divided by 1 instead of 0
+    flex_out, abd_out = (None, None) if out is None else out
+    flexion = torch.atan2(c[..., 0, :] + 0.0, c[..., 2, :], out=flex_out)
+    abduction = torch.atan2(c[..., 1, :], h, out=abd_out)
+    pole = comparison_mask(
+        torch.eq, h_sq, 0.0
+    )  # along ±y: both gradients are 0, divided by 1 not 0
     saved = (c, h + pole, h_sq.add_(pole), c_sq.sum(-2))
     return flexion, abduction, saved
 
@@ -323,7 +390,7 @@ class Saved(NamedTuple):
     step_sq: torch.Tensor  # (4, N)
     edge_diff: torch.Tensor  # (4, 3, N)
     curvature: torch.Tensor  # (4, N)
-    frame: torch.Tensor  # (5, 3, 3, N): axes x, y, z of the level-0 frames
+    frame: torch.Tensor  # (3, 5, 3, N): axes x, y, z of the level-0 frames
     local: torch.Tensor  # (5, 3, 3, N): phalanges in the level-0 frames
     rot0: Rotation
     gamma0: torch.Tensor  # (5, 2, 1, N)
@@ -349,28 +416,42 @@ def chain_forward(
     raw = _bones(joint[0], fingers)  # (5, 4, 3, N)
     if sign is not None:
         raw[:, :, 0].mul_(sign)
-    raw_len = (raw * raw).sum(-2).sqrt_()  # (5, 4, N)
-    ref = raw_len[_MIDDLE, 0]  # (N,) ‖j0 − j9‖
+    # the tested quantities of DESIGN §4.7 in one buffer of rows (scaled step², sine, pair
+    # length) right before the bone lengths, so that under reference-bone every one of them
+    # is rows[:31]. (The features are a separate tensor: compiled code must not save views
+    # of an output for the backward.)
+    rows = joints.new_empty(_TESTED + 20, n)
+    length = rows[_TESTED:].view(5, 4, n)
+    raw_sq = (raw * raw).sum(-2)  # (5, 4, N)
     if normalization == "reference-bone":
+        raw_len = raw_sq.sqrt_()
+        ref = raw_len[_MIDDLE, 0]  # (N,) ‖j0 − j9‖
         scale: torch.Tensor | None = ref
-        bones, length = raw / ref, raw_len / ref
+        bones = raw / ref
+        torch.div(raw_len, ref, out=length)
     else:
-        scale, bones, length = None, raw, raw_len
+        scale, bones = None, raw
+        ref = torch.sqrt(raw_sq, out=length)[_MIDDLE, 0]
     root = bones[:, 0]  # (5, 3, N)
     root_len = length[:, 0]
     before, after = root[:-1], root[1:]
     normal_raw = _cross(after, before)  # n_i ∝ r_{i+1} × r_i
     cross_len = _norm(normal_raw)  # (4, N)
-    normal = normal_raw / cross_len[:, None]
+    units = joints.new_empty(7, 3, n)  # the palm's unit vectors: normals, pair units
+    normal = torch.div(normal_raw, cross_len[:, None], out=units[:4])
     root_dot = _dot(before, after)
     palm_angle = torch.atan2(cross_len, root_dot)
     pair = normal[1:] + normal[:-1]
-    pair_len = _norm(pair)
-    pair_unit = pair / pair_len[:, None]
+    pair_len = torch.sqrt(_dot(pair, pair), out=rows[8:11])
+    pair_unit = torch.div(pair, pair_len[:, None], out=units[4:])
     step = after - before
     step_sq = _dot(step, step)
-    edge = torch.cat((normal[:1], pair_unit, normal[3:]))
-    edge_diff = edge[1:] - edge[:-1]
+    # edge differences and the level-0 x axes: exact differences and negations, as products
+    # with 0/±1 matrices
+    edge_diff = torch.mm(const.edge_matrix, units.view(7, 3 * n)).view(4, 3, n)
+    # (axis, 5, component, N): x, y, z; each axis contiguous (out= targets must be, compiled)
+    frame = joints.new_empty(3, 5, 3, n)
+    torch.mm(const.x_matrix, units.view(7, 3 * n), out=frame[0].view(5, 3 * n))
     curvature = _dot(edge_diff, step) / step_sq
 
     # DESIGN §4.7: one comparison of every tested quantity, scaled to the common threshold;
@@ -378,25 +459,30 @@ def chain_forward(
     # (|joint − joint 9| / reference length), from per-component extremes over the joints:
     # rounding is monotone, so max_k (x_k − x_9) = max_k x_k − x_9, exactly as kinematics.
     root_product = root_len[1:] * root_len[:-1]
-    sine = cross_len / root_product.clamp_min(_REF_FLOOR[joints.dtype])
+    torch.div(cross_len, root_product, out=rows[4:8])  # sine (NaN where a root bone is 0)
     if scale is None:  # thresholds are relative to the reference bone
-        tested = (length.view(20, n) / ref, step_sq * (1e7 / (ref * ref)), sine, pair_len)
+        torch.div(step_sq, ref * ref, out=rows[0:4]).mul_(1e7)
+        smallest = torch.minimum(rows[:_TESTED].amin(0), (length.view(20, n) / ref).amin(0))
     else:
-        tested = (length.view(20, n), step_sq * 1e7, sine, pair_len)
-    keep = torch.cat(tested).amin(0) > kinematics.ZERO_LENGTH
-    top, bottom = joint.amax(0), joint.amin(0)  # (3, N)
-    keep &= torch.cat((top, -bottom)).amax(0) <= kinematics.COORDINATE_LIMIT
+        torch.mul(step_sq, 1e7, out=rows[0:4])
+        smallest = rows[: _TESTED + 20].amin(0)
+    keep = smallest > kinematics.ZERO_LENGTH
+    extremes = joints.new_empty(2 if scale is None else 4, 3, n)  # top, −bottom, reaches
+    torch.amax(joint, 0, out=extremes[0])  # (aminmax over a leading axis is ~10x slower)
+    torch.amin(joint, 0, out=extremes[1])
     if scale is not None:
         middle = joint[skeleton.REFERENCE_JOINTS[1]]
-        reach = torch.cat((top - middle, middle - bottom)).amax(0)
-        keep &= reach / ref <= kinematics.COORDINATE_LIMIT
+        torch.sub(extremes[0], middle, out=extremes[2])
+        torch.sub(middle, extremes[1], out=extremes[3])
+        extremes[2:].div_(ref)
+    extremes[1].neg_()
+    keep &= extremes.amax((0, 1)) <= kinematics.COORDINATE_LIMIT
     keep_f = keep.to(joints.dtype)
 
-    z = root / root_len[:, None]
-    x = -torch.cat((normal[:2], pair_unit[1:], normal[3:]))
-    frame = torch.stack((x, _cross(z, x), z), dim=1)  # (5, axis, component, N)
-    # local[f, l, a] = Σ_c frame[f, a, c] bone[f, l, c]: (5, phalanx, axis, N)
-    axes, phalanges = frame[:, None], bones[:, 1:, None]
+    z = torch.div(root, root_len[:, None], out=frame[2])
+    _cross(z, frame[0], out=frame[1])
+    # local[f, l, a] = Σ_c frame[a, f, c] bone[f, l, c]: (5, phalanx, axis, N)
+    axes, phalanges = frame.transpose(0, 1)[:, None], bones[:, 1:, None]
     local = axes[..., 0, :] * phalanges[..., 0, :]
     local.addcmul_(axes[..., 1, :], phalanges[..., 1, :])
     local.addcmul_(axes[..., 2, :], phalanges[..., 2, :])
@@ -406,13 +492,13 @@ def chain_forward(
     carried = level1[:, 1:]
     level2, gamma1 = _carry(rot1, carried)
     c = torch.stack((local[:, 0], level1[:, 0], level2[:, 0]))  # (level, finger, 3, N)
-    flexion, abduction, angle_saved = angles_in_frame(c)
+    angles = joints.new_empty(30, n)  # flexion, abduction
+    angle_rows = (angles[:15].view(3, 5, n), angles[15:].view(3, 5, n))
+    _, _, angle_saved = angles_in_frame(c, angle_rows)
     # degenerate poses → 0: whatever NaN or infinity they hold first, then a product with
     # the mask (a broadcast masked_fill is ~15x slower on CPU)
-    features = torch.cat(
-        (length.view(20, n), curvature, palm_angle, flexion.view(15, n), abduction.view(15, n))
-    )
-    features = features.nan_to_num_(0.0, 0.0, 0.0).mul_(keep_f)
+    features = torch.cat((rows[_TESTED:], curvature, palm_angle, angles))
+    features.nan_to_num_(0.0, 0.0, 0.0).mul_(keep_f)
     saved = Saved(
         bones, length, scale, sign, keep_f, normal, cross_len, root_dot, root_product, pair_unit,
         pair_len,
@@ -438,30 +524,30 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
 
     # the frame carries, last level first
     grad_carried, grad_u1 = _carry_backward(s.rot1, s.carried, s.gamma1, grad_c[2][:, None])
-    grad_c1 = grad_c[1] + _unit_backward(grad_u1, s.rot1.u, s.length[:, 2])
+    grad_c1 = torch.add(grad_c[1], _unit_backward(grad_u1, s.rot1.uh[0], s.length[:, 2]), alpha=2.0)
     grad_level1 = torch.cat((grad_c1[:, None], grad_carried), dim=1)
     grad_local12, grad_u0 = _carry_backward(s.rot0, s.local[:, 1:], s.gamma0, grad_level1)
-    grad_c0 = grad_c[0] + _unit_backward(grad_u0, s.rot0.u, s.length[:, 1])
+    grad_c0 = torch.add(grad_c[0], _unit_backward(grad_u0, s.rot0.uh[0], s.length[:, 1]), alpha=2.0)
     grad_local = torch.cat((grad_c0[:, None], grad_local12), dim=1)  # (5, phalanx, axis, N)
 
-    # the projection onto the level-0 frames: local[f, l, a] = Σ_c frame[f, a, c] bone[f, l, c]
+    # the projection onto the level-0 frames: local[f, l, a] = Σ_c frame[a, f, c] bone[f, l, c]
     # (sums of three products, as in the forward: no (5, 3, 3, 3, N) temporary)
-    g, axes = grad_local[..., None, :], s.frame[:, None]
+    g, axes = grad_local[..., None, :], s.frame.transpose(0, 1)[:, None]
     grad_phalanges = g[:, :, 0] * axes[:, :, 0]
     grad_phalanges.addcmul_(g[:, :, 1], axes[:, :, 1]).addcmul_(g[:, :, 2], axes[:, :, 2])
     g, phalanges = grad_local[:, :, :, None], s.bones[:, 1:, None]
     grad_frame = g[:, 0] * phalanges[:, 0]
     grad_frame.addcmul_(g[:, 1], phalanges[:, 1]).addcmul_(g[:, 2], phalanges[:, 2])
     grad_x, grad_y, grad_z = grad_frame.unbind(1)
-    z = s.frame[:, 2]
-    x_z_cross = _cross(s.frame[:, ::2], grad_y[:, None])  # (x × g_y, z × g_y): one call
-    grad_root = _unit_backward(grad_z + x_z_cross[:, 0], z, s.length[:, 0])
-    grad_x = grad_x - x_z_cross[:, 1]
+    z = s.frame[2]
+    x_z_cross = _cross(s.frame[::2], grad_y[None])  # (x × g_y, z × g_y): one call
+    grad_root = _unit_backward(grad_z + x_z_cross[0], z, s.length[:, 0])
+    grad_x = grad_x - x_z_cross[1]
 
     # the palm: curvature and x axes → normals and pair units
     per_step = (grad_curv / s.step_sq)[:, None]
     q = per_step * s.step
-    grad_step = per_step * torch.add(s.edge_diff, s.curvature[:, None] * s.step, alpha=-2.0)
+    grad_step = torch.addcmul(s.edge_diff, s.curvature[:, None], s.step, value=-2.0).mul_(per_step)
     mixed = torch.mm(const.palm_matrix, torch.cat((q, grad_x)).view(9, 3 * n)).view(7, 3, n)
     grad_pair = _unit_backward(mixed[4:], s.pair_unit, s.pair_len).view(3, 3 * n)
     grad_normal = torch.addmm(mixed[:4].view(4, 3 * n), const.pair_matrix, grad_pair)
@@ -475,8 +561,8 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     before, after = s.bones[:-1, 0], s.bones[1:, 0]
     # (g × r_{i+1}, g × r_i) in one call; r_i × g = −(g × r_i)
     crossed = _cross(grad_raw[None], torch.stack((after, before)))
-    grad_root[:-1].add_(crossed[0] - grad_dot * after - grad_step)
-    grad_root[1:].sub_(crossed[1] + grad_dot * before - grad_step)
+    grad_root[:-1].add_(crossed[0]).addcmul_(grad_dot, after, value=-1.0).sub_(grad_step)
+    grad_root[1:].sub_(crossed[1]).addcmul_(grad_dot, before, value=-1.0).add_(grad_step)
 
     # bones: lengths, roots, phalanges
     grad_bones = (grad_len / s.length)[:, :, None] * s.bones
@@ -485,14 +571,15 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     if s.scale is not None:  # bones = raw / ‖raw_middle_root‖
         radial_all = (grad_bones * s.bones).sum((0, 1, 2))
         grad_bones[_MIDDLE, 0].sub_(radial_all * s.bones[_MIDDLE, 0])
-    # degenerate poses: whatever their arithmetic gave (NaN included) → 0; then one product
-    # by the per-pose factor keep / scale, times the mirror sign for x: (3, N)
+    # degenerate poses: whatever their arithmetic gave (NaN included) → 0; then a product
+    # with the per-pose factor keep / scale, and the mirror sign for x
     factor = s.keep if s.scale is None else (s.keep / s.scale).nan_to_num_(0.0, 0.0, 0.0)
-    factor = (
-        factor.expand(3, n) if s.sign is None else torch.stack((factor * s.sign, factor, factor))
-    )
     grad_bones = grad_bones.nan_to_num_(0.0, 0.0, 0.0).mul_(factor)
+    if s.sign is not None:
+        grad_bones[:, :, 0].mul_(s.sign)
     # joints: +bone as its child, −bone as its parent; then back to poses first (one copy)
+    if grad_bones.device.type != "cpu":  # one kernel (on the CPU the product costs more
+        return _bones_backward_to_poses(grad_bones, const)  # time than the passes it saves)
     grad_joint = _bones_backward(grad_bones).view(63, n).t()
     if _is_compiling():  # as in _transpose_poses: keep inductor from fusing the transposition
         return torch.mm(grad_joint, const.identity).view(n, 21, 3)

@@ -970,3 +970,18 @@ def test_personal_term_gradcheck_float64(limits):
 
     assert personal_term(x)[0] > 0
     assert torch.autograd.gradcheck(personal_term, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_torch_compile_of_the_module_in_a_fresh_process_state(limits):
+    """``torch.compile(loss)`` (not ``loss.compile()``) when the chain's constant matrices
+    were never created before: building the module creates them, so tracing does not fill
+    the cache (a side effect dynamo cannot carry into the hand-derived backward)."""
+    from bmc_calib import torch_chain
+
+    torch._dynamo.reset()
+    torch_chain._CONSTANTS.clear()
+    compiled = torch.compile(BMCLoss(limits), fullgraph=True, backend="eager")
+    poses = torch.as_tensor(_compile_batch(), dtype=torch.float32).requires_grad_(True)
+    total, _ = compiled(poses)
+    total.backward()
+    assert torch.isfinite(poses.grad).all() and poses.grad.abs().max() > 0
