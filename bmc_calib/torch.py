@@ -64,6 +64,8 @@ from bmc_calib.torch_chain import (
     chain_backward,
     chain_forward,
     comparison_mask,
+    joined_slots,
+    out_slot,
     warm_constants,
 )
 
@@ -515,8 +517,9 @@ class _Magnitudes(torch.autograd.Function):
     ``(5, 28, 1)`` (the two hinge sides as ``v·a + b``: both biases, both slopes — 1 / edge
     for bone lengths, 1 otherwise — and the slopes' difference), ``shift`` ``(43, 1)`` (where
     each penalty starts: 0 or the tolerance), ``term_matrix`` ``(T, 43)`` (per-pose terms as
-    weighted sums of penalties) with each magnitude's weight in its term ``term_weight``
-    ``(43, 1)`` (magnitudes feed the terms in :data:`_TERM_SPANS`), ``squared_hull`` (bool:
+    weighted sums of penalties) with each feature row's term ``feature_rows`` ``(58,)`` and
+    weight there ``feature_weight`` ``(58, 1)`` (magnitudes feed the terms in
+    :data:`_TERM_SPANS`; joint angles through two feature rows), ``squared_hull`` (bool:
     joint-angle penalty squared), ``flexion_center`` ``(15, 1)``, the hull edge table
     ``(7, 15, V)`` and ``hull_tolerance`` ``(15, 1)``.
 
@@ -529,8 +532,9 @@ class _Magnitudes(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, joints, sign, normalization, bounds, shift, term_matrix, term_weight, squared_hull,
-        flexion_center, hull_edges, hull_tolerance, hull_rows, hull_picks, hull_base,
+        ctx, joints, sign, normalization, bounds, shift, term_matrix, feature_rows,
+        feature_weight, squared_hull, flexion_center, hull_edges, hull_tolerance, hull_rows,
+        hull_picks, hull_base,
     ):  # fmt: skip
         features, keep, saved = chain_forward(joints, sign, normalization)
         n = joints.shape[0]
@@ -539,19 +543,23 @@ class _Magnitudes(torch.autograd.Function):
         values = features[:28]
         low_side = torch.addcmul(low_bias, values, low_slope)
         high_side = torch.addcmul(high_bias, values, high_slope)
+        # results written into two buffers in eager mode (compiled: concatenated)
         magnitudes = joints.new_empty(43, n)
         # d magnitude / d feature, rows as the features (joint-angle rows twice)
         slopes = joints.new_empty(58, n)
         # the violated side's slope, w_hi + (lower side) (w_lo − w_hi): exact 0/1 products
         # (a broadcasting torch.where is ~5x slower on CPU)
         lower = (low_side - high_side).gt_(0.0)
-        torch.addcmul(high_slope, lower, slope_step, out=slopes[:28])
-        torch.maximum(low_side, high_side, out=magnitudes[:28])
+        slope = torch.addcmul(high_slope, lower, slope_step, out=out_slot(slopes[:28]))
+        interval = torch.maximum(low_side, high_side, out=out_slot(magnitudes[:28]))
         flexion = _unwrap_flexion(features[28:43], flexion_center)
-        _hull_distance_and_direction(
+        dist, grad_x, grad_y = _hull_distance_and_direction(
             flexion, features[43:], hull_edges, hull_tolerance,
-            (hull_rows, hull_picks, hull_base), (magnitudes[28:], slopes[28:43], slopes[43:]),
+            (hull_rows, hull_picks, hull_base),
+            (out_slot(magnitudes[28:]), out_slot(slopes[28:43]), out_slot(slopes[43:])),
         )  # fmt: skip
+        magnitudes = joined_slots(magnitudes, (interval, dist))
+        slopes = joined_slots(slopes, (slope, grad_x, grad_y))
         if shift is not None:
             magnitudes.sub_(shift)
         magnitudes.clamp_min_(0.0).mul_(saved.keep)
@@ -566,7 +574,7 @@ class _Magnitudes(torch.autograd.Function):
         slopes[43:].mul_(active[28:])
         ctx.extra = 1 if factor is not None else 0
         extra = [factor] if factor is not None else []
-        ctx.save_for_backward(slopes, term_weight, *extra, *_flatten(saved))
+        ctx.save_for_backward(slopes, feature_rows, feature_weight, *extra, *_flatten(saved))
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(keep)
         return features, magnitudes, terms, keep
@@ -574,31 +582,35 @@ class _Magnitudes(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
-        slopes, term_weight = ctx.saved_tensors[:2]
-        factor = ctx.saved_tensors[2] if ctx.extra else None
-        grad = grad_magnitudes
+        slopes, feature_rows, feature_weight = ctx.saved_tensors[:3]
+        factor = ctx.saved_tensors[3] if ctx.extra else None
+        # d loss / d feature: each row's term gradient times its weight (joint-angle rows
+        # twice: flexion and abduction), plus the magnitudes' own gradient, times the slopes
         if grad_terms is not None:
-            # each magnitude feeds one term (_TERM_SPANS): a row pick and a weight, not a
-            # (43, T) product
-            n = grad_terms.shape[1]
-            picked = [grad_terms[t : t + 1].expand(k, n) for t, k in enumerate(_TERM_SPANS)]
-            from_terms = torch.cat(picked).mul_(term_weight)
+            grad_f = grad_terms.index_select(0, feature_rows).mul_(feature_weight)
             if factor is not None:
-                from_terms[28:].mul_(factor)
-            grad = from_terms if grad is None else grad + from_terms
-        grad_f = None if grad is None else torch.cat((grad, grad[28:])) * slopes
+                grad_f[28:].view(2, 15, -1).mul_(factor)
+            if grad_magnitudes is not None:
+                grad_f[:43].add_(grad_magnitudes)
+                grad_f[43:].add_(grad_magnitudes[28:])
+        elif grad_magnitudes is not None:
+            grad_f = torch.cat((grad_magnitudes, grad_magnitudes[28:]))
+        else:
+            grad_f = None
+        if grad_f is not None:
+            grad_f.mul_(slopes)
         if grad_features is not None:
             grad_f = grad_features if grad_f is None else grad_f + grad_features
-        saved = _restore(ctx, skip=2 + ctx.extra)
+        saved = _restore(ctx, skip=3 + ctx.extra)
         grad_joints = None if grad_f is None else chain_backward(saved, grad_f)
-        return (grad_joints, *([None] * 13))
+        return (grad_joints, *([None] * 14))
 
 
 # --------------------------------------------------------------------------- the loss
 #: Buffers read by ``forward``, derived from the stored limits by ``_derive``; each has a
 #: float32 shadow ``_float32_<name>``.
 _FORWARD_BUFFERS: tuple[str, ...] = (
-    "bounds", "tolerance_shift", "term_matrix", "term_weight", "flexion_center",
+    "bounds", "tolerance_shift", "term_matrix", "feature_weight", "flexion_center",
     "hull_edges", "hull_tolerance", "hull_rows", "hull_picks", "personal_allowance",
 )  # fmt: skip
 _FLOAT32 = "_float32_"
@@ -713,7 +725,8 @@ class BMCLoss(nn.Module):
             "bounds",
             "tolerance_shift",
             "term_matrix",
-            "term_weight",
+            "feature_weight",
+            "feature_rows",
             "hull_rows",
             "hull_picks",
             "hull_base",
@@ -761,17 +774,21 @@ class BMCLoss(nn.Module):
             term_matrix[0, :20] = w["bone_length"] / 20
             term_matrix[1, 20:28] = w["palm"] / 4
             term_matrix[2, 28:] = w["joint_angle"] / 15
-            # each magnitude feeds one term: its weight (the backward's row pick)
+            # each magnitude feeds one term: per feature row (joint angles twice), its term and
+            # weight there (the backward's row pick)
             term_rows = torch.repeat_interleave(
                 torch.arange(len(TERMS), device=low.device),
                 torch.tensor(_TERM_SPANS, device=low.device),
             )
+            feature_rows = torch.cat((term_rows, term_rows[28:]))
+            magnitude_cols = torch.cat((torch.arange(43), torch.arange(28, 43))).to(low.device)
             derived = {
                 "bounds": bounds,
                 "tolerance_shift": tolerance,
                 "term_matrix": term_matrix,
-                "term_weight": term_matrix.gather(0, term_rows[None]).t(),
+                "feature_weight": term_matrix[feature_rows, magnitude_cols][:, None],
             }
+            self.feature_rows = feature_rows
             rows, picks, base = _hull_layout(self.hull_edges)
             derived["hull_rows"], derived["hull_picks"] = rows, picks
             for name, value in derived.items():
@@ -839,8 +856,8 @@ class BMCLoss(nn.Module):
 
         return _Magnitudes.apply(
             joints, sign, self.normalization, buf("bounds"),
-            buf("tolerance_shift") if shifted else None, buf("term_matrix"), buf("term_weight"),
-            squared,
+            buf("tolerance_shift") if shifted else None, buf("term_matrix"), self.feature_rows,
+            buf("feature_weight"), squared,
             buf("flexion_center"), buf("hull_edges"), buf("hull_tolerance"), buf("hull_rows"),
             buf("hull_picks"), self.hull_base,
         )  # fmt: skip

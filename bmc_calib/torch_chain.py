@@ -3,9 +3,10 @@
 :func:`chain_forward` computes, without autograd, the 58 features of DESIGN §4 and the
 degenerate test of §4.7 for a batch of poses; :func:`chain_backward` maps a gradient with
 respect to those features back to the joints. :mod:`bmc_calib.torch` wraps both in one
-``torch.autograd.Function``: a forward and backward pass of the loss is then about 310–320
-ATen kernels (240–260 of them in this module) instead of the ~1,100 autograd replays of the
-same arithmetic (DESIGN §9, issue "BMCLoss ready for real training loops").
+``torch.autograd.Function``: a forward and backward pass of the loss is then about 250
+ATen kernels on an accelerator and 270 on the CPU (about 190 of them in this module) instead
+of the ~1,100 autograd replays of the same arithmetic (DESIGN §9, issue "BMCLoss ready for
+real training loops").
 
 Conventions (once for the module):
 
@@ -21,16 +22,17 @@ Conventions (once for the module):
   frame is the previous one rotated by the smallest rotation taking its z axis onto the bone,
   which in local coordinates is ``T(u, w) = w − ((h·w) / k) h + 2 (u·w) e_z`` with ``u`` the
   unit bone, ``h = u + e_z`` and ``k = 1 + u_z`` (kinematics' Rodrigues form, rewritten; ``k``
-  is evaluated as ``(u_x² + u_y²) / (1 − u_z)`` for ``u_z < 0``, accurate near π).
-  Antiparallel (``u_x² + u_y² ≤ ALIGNED²``, ``u_z < 0``): kinematics' fixed choice, a half
-  turn about x, ``T = diag(1, −1, −1)``.
+  is evaluated as ``‖h‖² / 2``, accurate near π). Antiparallel (``‖h‖² ≤ ALIGNED²``):
+  kinematics' fixed choice, a half turn about x, ``T = diag(1, −1, −1)``.
+- Buffers are filled in place (``out=``) where that saves a copy, but only contiguous ones:
+  compiled code cannot write into strided views that way.
 
 Degenerate poses (non-finite, out of range, zero bone, coincident MCPs, parallel root bones,
 folded palm, kinematics' thresholds) have features 0 and gradient exactly 0: every NaN or
 infinity their arithmetic produces is replaced (``nan_to_num``) and the result multiplied by
 the 0/1 mask before it can reach another pose (every operation is per pose) or the output.
 Masks are 0/1 products throughout: on CPU ``masked_fill`` and broadcasting ``torch.where``
-cost several times a multiplication.
+cost several times a multiplication, and so do bool tensors (:func:`comparison_mask`).
 """
 
 from __future__ import annotations
@@ -214,14 +216,35 @@ def _transpose_poses(a: torch.Tensor) -> torch.Tensor:
     return a.view(1, rows, 1, cols).permute(0, 3, 1, 2).contiguous().view(cols, rows)
 
 
+def out_slot(buffer: torch.Tensor) -> torch.Tensor | None:
+    """``buffer`` (a slice of a larger one) as an ``out=`` target in eager mode, where writing
+    results into one buffer saves a concatenation; None (a fresh result) in compiled code,
+    where inductor turns each write into a slice into a pass over the whole buffer (measured:
+    the compiled step 1.4 ms slower at batch 4096). See :func:`joined_slots`."""
+    return None if _is_compiling() else buffer
+
+
+def joined_slots(buffer: torch.Tensor, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The buffer the ``parts`` were written into (:func:`out_slot`, eager), or their
+    concatenation along the first axis (compiled)."""
+    return torch.cat(parts) if _is_compiling() else buffer
+
+
+def stacked_slots(
+    buffer: torch.Tensor, parts: tuple[torch.Tensor, ...] | list[torch.Tensor]
+) -> torch.Tensor:
+    """As :func:`joined_slots`, for parts that are slices ``buffer[i]`` (a new first axis)."""
+    return torch.stack(tuple(parts)) if _is_compiling() else buffer
+
+
 def comparison_mask(
     compare: Callable[..., torch.Tensor], a: torch.Tensor, value: float
 ) -> torch.Tensor:
     """``compare(a, value)`` as a 0/1 mask for arithmetic with ``a``'s dtype. On the CPU
     written as floats by the comparison itself (a bool result, and arithmetic with it, are
-    each ~4x slower there than with floats); elsewhere bool (one kernel, and mixed-dtype
-    arithmetic costs nothing extra)."""
-    if a.device.type != "cpu":
+    each ~4x slower there than with floats); on accelerators and in compiled code bool (one
+    kernel; mixed-dtype arithmetic costs nothing extra there, and inductor fuses it)."""
+    if a.device.type != "cpu" or _is_compiling():  # (inductor fuses bool arithmetic)
         return compare(a, value)
     return compare(a, value, out=torch.empty_like(a))
 
@@ -289,42 +312,47 @@ def _rotation(c: torch.Tensor, length: torch.Tensor, const: _Constants) -> Rotat
     ``ALIGNED`` otherwise).
     """
     uh = c.new_empty((2, *c.shape))
-    u = torch.div(c, length[:, None], out=uh[0])
-    h = torch.add(u, const.e_z, out=uh[1])
+    u = torch.div(c, length[:, None], out=out_slot(uh[0]))
+    h = torch.add(u, const.e_z, out=out_slot(uh[1]))
     kk = _dot(h, h)
     fixed = comparison_mask(torch.le, kk, kinematics.ALIGNED**2)
     h[:, 1].add_(fixed)
-    return Rotation(uh, kk.add_(fixed), fixed)
+    return Rotation(stacked_slots(uh, (u, h)), kk.add_(fixed), fixed)
 
 
 def _carry(rot: Rotation, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``T(u, w) = w − γ h + 2 (u·w) e_z`` with ``γ = (h·w) / k`` for ``w`` ``(5, M, 3, N)``;
-    returns it and ``γ / 2 = (h·w) / ‖h‖²`` ``(5, M, 1, N)``."""
-    u, h = rot.uh[0][:, None], rot.uh[1][:, None]
+    """``T(u, w) = w − γ h + 2 (u·w) e_z`` with ``γ = (h·w) / k`` for ``w`` ``(M, 5, 3, N)``;
+    returns it and ``γ / 2 = (h·w) / ‖h‖²`` ``(M, 5, 1, N)``."""
+    u, h = rot.uh.unbind(0)
     # (two products: one broadcasting over both u, h and the M vectors is several times slower)
-    half_gamma = (_dot(h, w) / rot.kk[:, None])[:, :, None]
+    half_gamma = (_dot(h, w) / rot.kk)[..., None, :]
     out = torch.addcmul(w, half_gamma, h, value=-2.0)
     out[..., 2, :].add_(_dot(u, w), alpha=2.0)
     return out, half_gamma
 
 
 def _carry_backward(
-    rot: Rotation, w: torch.Tensor, half_gamma: torch.Tensor, g: torch.Tensor
+    rot: Rotation,
+    w: torch.Tensor,
+    half_gamma: torch.Tensor,
+    g: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``T(u, w)`` ``(5, M, 3, N)`` for the output gradient ``g``: ``(G_w, G_u / 2)``
-    with ``G_u`` ``(5, 3, N)`` summed over the ``M`` vectors (the caller doubles it).
+    """Gradients of ``T(u, w)`` ``(M, 5, 3, N)`` for the output gradient ``g``: ``G_w`` (into
+    ``out`` if given) and ``G_u / 2`` ``(5, 3, N)``, summed over the ``M`` vectors (the caller
+    doubles it).
 
     With ``β = (g·h) / k``: ``G_w = g − β h + 2 g_z u`` and (``h = u + e_z``)
     ``G_u = (2 g_z − β) w − γ g + γ β e_z``; antiparallel, ``T`` is constant: ``G_u = 0``.
     """
-    u, h = rot.uh[0][:, None], rot.uh[1][:, None]
-    half_beta = (_dot(g, h) / rot.kk[:, None])[:, :, None]  # (5, M, 1, N)
+    u, h = rot.uh.unbind(0)
+    half_beta = (_dot(g, h) / rot.kk)[..., None, :]  # (M, 5, 1, N)
     g_z = g[..., 2:, :]
-    grad_w = torch.addcmul(g, half_beta, h, value=-2.0).addcmul_(g_z, u, value=2.0)
+    grad_w = torch.addcmul(g, half_beta, h, value=-2.0, out=out).addcmul_(g_z, u, value=2.0)
     half = (g_z - half_beta) * w
     half.addcmul_(half_gamma, g, value=-1.0)
     half[..., 2, :].addcmul_(half_gamma[..., 0, :], half_beta[..., 0, :], value=2.0)
-    grad_u = half.sum(1)
+    grad_u = half.sum(0)
     return grad_w, grad_u.addcmul_(grad_u, rot.fixed[:, None], value=-1.0)
 
 
@@ -391,12 +419,12 @@ class Saved(NamedTuple):
     edge_diff: torch.Tensor  # (4, 3, N)
     curvature: torch.Tensor  # (4, N)
     frame: torch.Tensor  # (3, 5, 3, N): axes x, y, z of the level-0 frames
-    local: torch.Tensor  # (5, 3, 3, N): phalanges in the level-0 frames
+    local: torch.Tensor  # (3, 5, 3, N): phalanges in the level-0 frames
     rot0: Rotation
-    gamma0: torch.Tensor  # (5, 2, 1, N)
+    gamma0: torch.Tensor  # (2, 5, 1, N)
     rot1: Rotation
-    gamma1: torch.Tensor  # (5, 1, 1, N)
-    carried: torch.Tensor  # (5, 1, 3, N): the distal phalanx in the level-1 frame
+    gamma1: torch.Tensor  # (1, 5, 1, N)
+    carried: torch.Tensor  # (1, 5, 3, N): the distal phalanx in the level-1 frame
     angle_bone: torch.Tensor  # (3, 5, 3, N): each level's phalanx in its own frame
     angle_h: torch.Tensor  # (3, 5, N): ‖(c_x, c_z)‖ (1 where 0)
     angle_h_sq: torch.Tensor  # (3, 5, N): c_x² + c_z² (1 where 0)
@@ -421,37 +449,44 @@ def chain_forward(
     # is rows[:31]. (The features are a separate tensor: compiled code must not save views
     # of an output for the backward.)
     rows = joints.new_empty(_TESTED + 20, n)
-    length = rows[_TESTED:].view(5, 4, n)
     raw_sq = (raw * raw).sum(-2)  # (5, 4, N)
     if normalization == "reference-bone":
         raw_len = raw_sq.sqrt_()
         ref = raw_len[_MIDDLE, 0]  # (N,) ‖j0 − j9‖
         scale: torch.Tensor | None = ref
         bones = raw / ref
-        torch.div(raw_len, ref, out=length)
+        length = torch.div(raw_len, ref, out=out_slot(rows[_TESTED:].view(5, 4, n)))
     else:
         scale, bones = None, raw
-        ref = torch.sqrt(raw_sq, out=length)[_MIDDLE, 0]
+        length = torch.sqrt(raw_sq, out=out_slot(rows[_TESTED:].view(5, 4, n)))
+        ref = length[_MIDDLE, 0]
     root = bones[:, 0]  # (5, 3, N)
     root_len = length[:, 0]
     before, after = root[:-1], root[1:]
     normal_raw = _cross(after, before)  # n_i ∝ r_{i+1} × r_i
     cross_len = _norm(normal_raw)  # (4, N)
     units = joints.new_empty(7, 3, n)  # the palm's unit vectors: normals, pair units
-    normal = torch.div(normal_raw, cross_len[:, None], out=units[:4])
+    normal = torch.div(normal_raw, cross_len[:, None], out=out_slot(units[:4]))
     root_dot = _dot(before, after)
     palm_angle = torch.atan2(cross_len, root_dot)
     pair = normal[1:] + normal[:-1]
-    pair_len = torch.sqrt(_dot(pair, pair), out=rows[8:11])
-    pair_unit = torch.div(pair, pair_len[:, None], out=units[4:])
+    pair_len = torch.sqrt(_dot(pair, pair), out=out_slot(rows[8:11]))
+    pair_unit = torch.div(pair, pair_len[:, None], out=out_slot(units[4:]))
     step = after - before
     step_sq = _dot(step, step)
-    # edge differences and the level-0 x axes: exact differences and negations, as products
-    # with 0/±1 matrices
-    edge_diff = torch.mm(const.edge_matrix, units.view(7, 3 * n)).view(4, 3, n)
-    # (axis, 5, component, N): x, y, z; each axis contiguous (out= targets must be, compiled)
+    # edge differences and the level-0 x axes: exact differences and negations, in eager mode
+    # as products with 0/±1 matrices (two kernels), compiled as pointwise code inductor fuses
+    if _is_compiling():
+        edge = torch.cat((normal[:1], pair_unit, normal[3:]))
+        edge_diff = edge[1:] - edge[:-1]
+        x_axes = -torch.cat((normal[:2], pair_unit[1:], normal[3:]))
+    else:
+        edge_diff = torch.mm(const.edge_matrix, units.view(7, 3 * n)).view(4, 3, n)
+    # (axis, 5, component, N): x, y, z; each axis contiguous
     frame = joints.new_empty(3, 5, 3, n)
-    torch.mm(const.x_matrix, units.view(7, 3 * n), out=frame[0].view(5, 3 * n))
+    if not _is_compiling():
+        x_axes = torch.mm(const.x_matrix, units.view(7, 3 * n), out=frame[0].view(5, 3 * n))
+        x_axes = frame[0]
     curvature = _dot(edge_diff, step) / step_sq
 
     # DESIGN §4.7: one comparison of every tested quantity, scaled to the common threshold;
@@ -459,45 +494,53 @@ def chain_forward(
     # (|joint − joint 9| / reference length), from per-component extremes over the joints:
     # rounding is monotone, so max_k (x_k − x_9) = max_k x_k − x_9, exactly as kinematics.
     root_product = root_len[1:] * root_len[:-1]
-    torch.div(cross_len, root_product, out=rows[4:8])  # sine (NaN where a root bone is 0)
+    sine = torch.div(cross_len, root_product, out=out_slot(rows[4:8]))  # NaN: a root bone is 0
     if scale is None:  # thresholds are relative to the reference bone
-        torch.div(step_sq, ref * ref, out=rows[0:4]).mul_(1e7)
-        smallest = torch.minimum(rows[:_TESTED].amin(0), (length.view(20, n) / ref).amin(0))
+        step_test = torch.div(step_sq, ref * ref, out=out_slot(rows[0:4])).mul_(1e7)
+        tested = joined_slots(rows[:_TESTED], (step_test, sine, pair_len))
+        smallest = torch.minimum(tested.amin(0), (length.view(20, n) / ref).amin(0))
     else:
-        torch.mul(step_sq, 1e7, out=rows[0:4])
-        smallest = rows[: _TESTED + 20].amin(0)
+        step_test = torch.mul(step_sq, 1e7, out=out_slot(rows[0:4]))
+        smallest = joined_slots(rows, (step_test, sine, pair_len, length.view(20, n))).amin(0)
     keep = smallest > kinematics.ZERO_LENGTH
     extremes = joints.new_empty(2 if scale is None else 4, 3, n)  # top, −bottom, reaches
-    torch.amax(joint, 0, out=extremes[0])  # (aminmax over a leading axis is ~10x slower)
-    torch.amin(joint, 0, out=extremes[1])
+    # (aminmax over a leading axis is ~10x slower)
+    top = torch.amax(joint, 0, out=out_slot(extremes[0]))
+    bottom = torch.amin(joint, 0, out=out_slot(extremes[1]))
+    parts = [top, bottom]
     if scale is not None:
         middle = joint[skeleton.REFERENCE_JOINTS[1]]
-        torch.sub(extremes[0], middle, out=extremes[2])
-        torch.sub(middle, extremes[1], out=extremes[3])
-        extremes[2:].div_(ref)
-    extremes[1].neg_()
-    keep &= extremes.amax((0, 1)) <= kinematics.COORDINATE_LIMIT
+        parts.append(torch.sub(top, middle, out=out_slot(extremes[2])))
+        parts.append(torch.sub(middle, bottom, out=out_slot(extremes[3])))
+        if _is_compiling():
+            parts[2:] = [part / ref for part in parts[2:]]
+        else:
+            extremes[2:].div_(ref)
+    parts[1] = parts[1].neg() if _is_compiling() else extremes[1].neg_()
+    keep &= stacked_slots(extremes, parts).amax((0, 1)) <= kinematics.COORDINATE_LIMIT
     keep_f = keep.to(joints.dtype)
 
-    z = torch.div(root, root_len[:, None], out=frame[2])
-    _cross(z, frame[0], out=frame[1])
-    # local[f, l, a] = Σ_c frame[a, f, c] bone[f, l, c]: (5, phalanx, axis, N)
-    axes, phalanges = frame.transpose(0, 1)[:, None], bones[:, 1:, None]
+    z = torch.div(root, root_len[:, None], out=out_slot(frame[2]))
+    y = _cross(z, x_axes, out=out_slot(frame[1]))
+    frame = stacked_slots(frame, (x_axes, y, z))
+    # local[l, f, a] = Σ_c frame[a, f, c] bone[f, l, c]: (phalanx, 5, axis, N)
+    axes, phalanges = frame.transpose(0, 1)[None], bones[:, 1:].transpose(0, 1)[:, :, None]
     local = axes[..., 0, :] * phalanges[..., 0, :]
     local.addcmul_(axes[..., 1, :], phalanges[..., 1, :])
     local.addcmul_(axes[..., 2, :], phalanges[..., 2, :])
-    rot0 = _rotation(local[:, 0], length[:, 1], const)
-    level1, gamma0 = _carry(rot0, local[:, 1:])  # the middle and distal phalanges
-    rot1 = _rotation(level1[:, 0], length[:, 2], const)
-    carried = level1[:, 1:]
+    rot0 = _rotation(local[0], length[:, 1], const)
+    level1, gamma0 = _carry(rot0, local[1:])  # the middle and distal phalanges
+    rot1 = _rotation(level1[0], length[:, 2], const)
+    carried = level1[1:]
     level2, gamma1 = _carry(rot1, carried)
-    c = torch.stack((local[:, 0], level1[:, 0], level2[:, 0]))  # (level, finger, 3, N)
+    c = torch.stack((local[0], level1[0], level2[0]))  # (level, finger, 3, N)
     angles = joints.new_empty(30, n)  # flexion, abduction
-    angle_rows = (angles[:15].view(3, 5, n), angles[15:].view(3, 5, n))
-    _, _, angle_saved = angles_in_frame(c, angle_rows)
+    angle_rows = (out_slot(angles[:15].view(3, 5, n)), out_slot(angles[15:].view(3, 5, n)))
+    flexion, abduction, angle_saved = angles_in_frame(c, angle_rows)
+    angles = joined_slots(angles, (flexion.view(15, n), abduction.view(15, n)))
     # degenerate poses → 0: whatever NaN or infinity they hold first, then a product with
     # the mask (a broadcast masked_fill is ~15x slower on CPU)
-    features = torch.cat((rows[_TESTED:], curvature, palm_angle, angles))
+    features = torch.cat((length.view(20, n), curvature, palm_angle, angles))
     features.nan_to_num_(0.0, 0.0, 0.0).mul_(keep_f)
     saved = Saved(
         bones, length, scale, sign, keep_f, normal, cross_len, root_dot, root_product, pair_unit,
@@ -522,33 +565,43 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
         (s.angle_bone, s.angle_h, s.angle_h_sq, s.angle_c_sq), grad_flex, grad_abd
     )
 
-    # the frame carries, last level first
-    grad_carried, grad_u1 = _carry_backward(s.rot1, s.carried, s.gamma1, grad_c[2][:, None])
-    grad_c1 = torch.add(grad_c[1], _unit_backward(grad_u1, s.rot1.uh[0], s.length[:, 2]), alpha=2.0)
-    grad_level1 = torch.cat((grad_c1[:, None], grad_carried), dim=1)
-    grad_local12, grad_u0 = _carry_backward(s.rot0, s.local[:, 1:], s.gamma0, grad_level1)
-    grad_c0 = torch.add(grad_c[0], _unit_backward(grad_u0, s.rot0.uh[0], s.length[:, 1]), alpha=2.0)
-    grad_local = torch.cat((grad_c0[:, None], grad_local12), dim=1)  # (5, phalanx, axis, N)
+    # the frame carries, last level first, into the gradient buffers of each level's input
+    grad_level1 = grad.new_empty((2, 5, 3, n))  # the middle phalanx, the carried distal
+    grad_carried, grad_u1 = _carry_backward(
+        s.rot1, s.carried, s.gamma1, grad_c[2][None], out_slot(grad_level1[1:])
+    )
+    grad_u1 = _unit_backward(grad_u1, s.rot1.uh[0], s.length[:, 2])
+    grad_c1 = torch.add(grad_c[1], grad_u1, alpha=2.0, out=out_slot(grad_level1[0]))
+    grad_level1 = joined_slots(grad_level1, (grad_c1[None], grad_carried))
+    grad_local = grad.new_empty((3, 5, 3, n))  # (phalanx, 5, axis, N)
+    grad_local12, grad_u0 = _carry_backward(
+        s.rot0, s.local[1:], s.gamma0, grad_level1, out_slot(grad_local[1:])
+    )
+    grad_u0 = _unit_backward(grad_u0, s.rot0.uh[0], s.length[:, 1])
+    grad_c0 = torch.add(grad_c[0], grad_u0, alpha=2.0, out=out_slot(grad_local[0]))
+    grad_local = joined_slots(grad_local, (grad_c0[None], grad_local12))
 
-    # the projection onto the level-0 frames: local[f, l, a] = Σ_c frame[a, f, c] bone[f, l, c]
-    # (sums of three products, as in the forward: no (5, 3, 3, 3, N) temporary)
-    g, axes = grad_local[..., None, :], s.frame.transpose(0, 1)[:, None]
-    grad_phalanges = g[:, :, 0] * axes[:, :, 0]
-    grad_phalanges.addcmul_(g[:, :, 1], axes[:, :, 1]).addcmul_(g[:, :, 2], axes[:, :, 2])
-    g, phalanges = grad_local[:, :, :, None], s.bones[:, 1:, None]
-    grad_frame = g[:, 0] * phalanges[:, 0]
-    grad_frame.addcmul_(g[:, 1], phalanges[:, 1]).addcmul_(g[:, 2], phalanges[:, 2])
+    # the projection onto the level-0 frames: local[l, f, a] = Σ_c frame[a, f, c] bone[f, l, c]
+    # (sums of three products, as in the forward: no (3, 5, 3, 3, N) temporary)
+    g, axes = grad_local[..., None, :], s.frame.transpose(0, 1)
+    grad_phalanges = g[:, :, 0] * axes[:, 0]  # (phalanx, 5, component, N)
+    grad_phalanges.addcmul_(g[:, :, 1], axes[:, 1]).addcmul_(g[:, :, 2], axes[:, 2])
+    g, phalanges = grad_local[:, :, :, None], s.bones[:, 1:].transpose(0, 1)[:, :, None]
+    grad_frame = g[0] * phalanges[0]  # (5, axis, component, N)
+    grad_frame.addcmul_(g[1], phalanges[1]).addcmul_(g[2], phalanges[2])
     grad_x, grad_y, grad_z = grad_frame.unbind(1)
     z = s.frame[2]
     x_z_cross = _cross(s.frame[::2], grad_y[None])  # (x × g_y, z × g_y): one call
     grad_root = _unit_backward(grad_z + x_z_cross[0], z, s.length[:, 0])
-    grad_x = grad_x - x_z_cross[1]
+    palm = grad.new_empty((9, 3, n))  # the curvature's q, the x axes' gradients
+    grad_x = torch.sub(grad_x, x_z_cross[1], out=out_slot(palm[4:]))
 
     # the palm: curvature and x axes → normals and pair units
     per_step = (grad_curv / s.step_sq)[:, None]
-    q = per_step * s.step
+    q = torch.mul(per_step, s.step, out=out_slot(palm[:4]))
     grad_step = torch.addcmul(s.edge_diff, s.curvature[:, None], s.step, value=-2.0).mul_(per_step)
-    mixed = torch.mm(const.palm_matrix, torch.cat((q, grad_x)).view(9, 3 * n)).view(7, 3, n)
+    palm = joined_slots(palm, (q, grad_x))
+    mixed = torch.mm(const.palm_matrix, palm.view(9, 3 * n)).view(7, 3, n)
     grad_pair = _unit_backward(mixed[4:], s.pair_unit, s.pair_len).view(3, 3 * n)
     grad_normal = torch.addmm(mixed[:4].view(4, 3 * n), const.pair_matrix, grad_pair)
     grad_normal = grad_normal.view(4, 3, n)
@@ -567,7 +620,7 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     # bones: lengths, roots, phalanges
     grad_bones = (grad_len / s.length)[:, :, None] * s.bones
     grad_bones[:, 0].add_(grad_root)
-    grad_bones[:, 1:].add_(grad_phalanges)
+    grad_bones[:, 1:].add_(grad_phalanges.transpose(0, 1))
     if s.scale is not None:  # bones = raw / ‖raw_middle_root‖
         radial_all = (grad_bones * s.bones).sum((0, 1, 2))
         grad_bones[_MIDDLE, 0].sub_(radial_all * s.bones[_MIDDLE, 0])
