@@ -24,8 +24,9 @@ Conventions (once for the module):
   unit bone, ``h = u + e_z`` and ``k = 1 + u_z`` (kinematics' Rodrigues form, rewritten; ``k``
   is evaluated as ``‖h‖² / 2``, accurate near π). Antiparallel (``‖h‖² ≤ ALIGNED²``):
   kinematics' fixed choice, a half turn about x, ``T = diag(1, −1, −1)``.
-- Buffers are filled in place (``out=``) where that saves a copy, but only contiguous ones:
-  compiled code cannot write into strided views that way.
+- In eager mode results are written into shared buffers (``out=``) where that saves a
+  concatenation; compiled, they are concatenated instead (:func:`out_slot`: inductor makes
+  every write into a slice a pass over the whole buffer).
 
 Degenerate poses (non-finite, out of range, zero bone, coincident MCPs, parallel root bones,
 folded palm, kinematics' thresholds) have features 0 and gradient exactly 0: every NaN or
