@@ -217,6 +217,14 @@ def _transpose_poses(a: torch.Tensor) -> torch.Tensor:
     return a.view(1, rows, 1, cols).permute(0, 3, 1, 2).contiguous().view(cols, rows)
 
 
+def accelerator_path(tensor: torch.Tensor) -> bool:
+    """Whether work on ``tensor``'s device takes the accelerator formulation — one kernel per
+    operation: ``linalg.cross``, bool masks, the joint gradient as one product — rather than
+    the CPU's (component-wise cross products, float masks, subtraction and transposition).
+    Tests force it on the CPU to check that formulation's numbers where no GPU is lent."""
+    return tensor.device.type != "cpu"
+
+
 def out_slot(buffer: torch.Tensor) -> torch.Tensor | None:
     """``buffer`` (a slice of a larger one) as an ``out=`` target in eager mode, where writing
     results into one buffer saves a concatenation; None (a fresh result) in compiled code,
@@ -245,7 +253,7 @@ def comparison_mask(
     written as floats by the comparison itself (a bool result, and arithmetic with it, are
     each ~4x slower there than with floats); on accelerators and in compiled code bool (one
     kernel; mixed-dtype arithmetic costs nothing extra there, and inductor fuses it)."""
-    if a.device.type != "cpu" or _is_compiling():  # (inductor fuses bool arithmetic)
+    if accelerator_path(a) or _is_compiling():  # (inductor fuses bool arithmetic)
         return compare(a, value)
     return compare(a, value, out=torch.empty_like(a))
 
@@ -270,7 +278,7 @@ def _cross(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) ->
     On CPU component by component (six kernels, ~5× faster there than ``linalg.cross`` over
     a non-last axis); elsewhere, and in compiled code, ``linalg.cross``, one kernel launch.
     """
-    if a.device.type != "cpu" or _is_compiling():
+    if accelerator_path(a) or _is_compiling():
         return torch.linalg.cross(a, b, dim=-2, out=out)
     if out is None:
         out = a.new_empty(_broadcast(a.shape, b.shape))
@@ -632,7 +640,7 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     if s.sign is not None:
         grad_bones[:, :, 0].mul_(s.sign)
     # joints: +bone as its child, −bone as its parent; then back to poses first (one copy)
-    if grad_bones.device.type != "cpu":  # one kernel (on the CPU the product costs more
+    if accelerator_path(grad_bones):  # one kernel (on the CPU the product costs more
         return _bones_backward_to_poses(grad_bones, const)  # time than the passes it saves)
     grad_joint = _bones_backward(grad_bones).view(63, n).t()
     if _is_compiling():  # as in _transpose_poses: keep inductor from fusing the transposition

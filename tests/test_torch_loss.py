@@ -758,6 +758,35 @@ def test_cuda_matches_cpu(limits, dtype):
     torch.testing.assert_close(results[1][1], results[0][1], **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_accelerator_formulation_matches_the_cpu_one(limits, dtype, monkeypatch):
+    """The formulation accelerators take (``linalg.cross``, bool masks, the joint gradient
+    as one product), forced on the CPU: the same values and gradients as the CPU's own,
+    degenerate and left poses included; float64 gradients pass gradcheck."""
+    from bmc_calib import torch_chain
+
+    poses = torch.as_tensor(_compile_batch(), dtype=dtype)
+    is_left = torch.arange(len(poses)) % 3 == 0
+    module = BMCLoss(limits, reduction="sum")
+    results = []
+    for forced in (False, True):
+        if forced:
+            monkeypatch.setattr(torch_chain, "accelerator_path", lambda tensor: True)
+        leaf = poses.clone().requires_grad_(True)
+        total, _ = module(leaf, is_left=is_left)
+        total.backward()
+        results.append((total.detach(), leaf.grad))
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(results[1][0], results[0][0], **tol)
+    torch.testing.assert_close(results[1][1], results[0][1], **tol)
+    assert (results[1][1][8:10] == 0).all()  # the degenerate poses
+    if dtype == torch.float64:
+        few = poses[:4].clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda j: module(j, is_left=is_left[:4])[0], (few,), eps=1e-6, atol=1e-5
+        )
+
+
 # --------------------------------------------------------------------------- compile, imports
 def _compile_batch() -> np.ndarray:
     """Noisy poses (every term active) plus special ones: degenerate, straight, folded back."""
