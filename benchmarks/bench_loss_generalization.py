@@ -16,7 +16,7 @@ Prints, per setting and term, the mean per-pose loss over the held-out people (m
 seven people's means), the share of real poses with a non-zero loss, and the mean loss of
 each edit; the ratio edit / real says how well the loss separates them.
 
-    python benchmarks/bench_loss_generalization.py             # the table (about 40 s)
+    python benchmarks/bench_loss_generalization.py             # the table (about 15 s)
     python benchmarks/bench_loss_generalization.py --json out.json
 """
 
