@@ -631,7 +631,11 @@ def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
     grad_bones[:, 0].add_(grad_root)
     grad_bones[:, 1:].add_(grad_phalanges.transpose(0, 1))
     if s.scale is not None:  # bones = raw / ‖raw_middle_root‖
-        radial_all = (grad_bones * s.bones).sum((0, 1, 2))
+        # Σ (d loss / d bone) · bone over all bones, by Euler's theorem for homogeneous
+        # functions: lengths have degree 1, curvatures −1, every angle 0, so it is
+        # Σ g_length · length − Σ g_curvature · curvature (two small products instead of a
+        # pass over all bone gradients)
+        radial_all = _dot(grad[:20], s.length.view(20, n)) - _dot(grad_curv, s.curvature)
         grad_bones[_MIDDLE, 0].sub_(radial_all * s.bones[_MIDDLE, 0])
     # degenerate poses: whatever their arithmetic gave (NaN included) → 0; then a product
     # with the per-pose factor keep / scale, and the mirror sign for x
