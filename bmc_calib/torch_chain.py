@@ -494,7 +494,7 @@ def chain_forward(
     # (axis, 5, component, N): x, y, z; each axis contiguous
     frame = joints.new_empty(3, 5, 3, n)
     if not _is_compiling():
-        x_axes = torch.mm(const.x_matrix, units.view(7, 3 * n), out=frame[0].view(5, 3 * n))
+        torch.mm(const.x_matrix, units.view(7, 3 * n), out=frame[0].view(5, 3 * n))
         x_axes = frame[0]
     curvature = _dot(edge_diff, step) / step_sq
 
