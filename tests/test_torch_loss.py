@@ -796,6 +796,20 @@ def _compile_batch() -> np.ndarray:
     return np.concatenate([noisy, np.stack([special[name][0] for name in names])])
 
 
+@pytest.mark.parametrize("shape", [(7, 63), (63, 7), (1, 63), (63, 1)])
+def test_compiled_code_transposes_through_a_checked_opaque_operator(shape):
+    """Compiled code transposes the poses with ``bmc_calib::transposed_copy`` (inductor
+    materialises it instead of fusing strided reads into every consumer): its values are the
+    transposition, contiguous, in both directions, and ``torch.library.opcheck`` passes (the
+    fake implementation's shapes and strides, the schema, dynamo and AOT tracing)."""
+    from bmc_calib import torch_chain
+
+    a = torch.randn(shape, dtype=torch.float64)
+    for out in (torch_chain._transposed_copy_op(a), torch_chain.transposed(a)):
+        assert out.is_contiguous() and torch.equal(out, a.t())
+    torch.library.opcheck(torch_chain._transposed_copy_op, (a,))
+
+
 # torch's own modules (torch.jit) warn while dynamo loads; nothing to act on here
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_torch_compile_matches_eager(limits):
