@@ -962,6 +962,23 @@ def test_example_and_benchmark_run():
     assert "fwd+bwd" in bench
 
 
+def test_interleaved_ab_benchmark_runs_against_a_revision():
+    """Smoke run of the A/B script against this checkout's own HEAD: the revision's loss is
+    loaded beside this one (the same numbers when the loss is unchanged), pairs are timed,
+    and an unknown revision is one line and exit code 2."""
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(ROOT, ".git")):
+        pytest.skip("needs git and a git checkout")
+    out = _run_script("benchmarks/bench_loss_ab.py", "--against", "HEAD", "--batch", "8",
+                      "--pairs", "2")  # fmt: skip
+    assert "paired difference" in out and "(2 pairs)" in out
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/bench_loss_ab.py", "--against", "no-such-revision"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "no-such-revision" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 # --------------------------------------------------------------------------- personal term
 def test_personal_term_matches_validates_personal_check(limits):
     """With ``group``, the personal magnitudes equal numpy's: own-group median bone lengths
