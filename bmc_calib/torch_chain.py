@@ -26,7 +26,9 @@ Conventions (once for the module):
   kinematics' fixed choice, a half turn about x, ``T = diag(1, −1, −1)``.
 - In eager mode results are written into shared buffers (``out=``) where that saves a
   concatenation; compiled, they are concatenated instead (:func:`out_slot`: inductor makes
-  every write into a slice a pass over the whole buffer).
+  every write into a slice a pass over the whole buffer). Compiled, the poses are transposed
+  by the operator ``bmc_calib::transposed_copy`` (:func:`transposed`), which inductor calls
+  as one copy instead of fusing strided reads into every consumer.
 
 Degenerate poses (non-finite, out of range, zero bone, coincident MCPs, parallel root bones,
 folded palm, kinematics' thresholds) have features 0 and gradient exactly 0: every NaN or
