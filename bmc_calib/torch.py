@@ -830,16 +830,20 @@ class BMCLoss(nn.Module):
         )
 
     def compile(self, **kwargs: object) -> None:
-        """Compile the per-pose computation with ``torch.compile`` (``kwargs`` are passed on;
-        default ``dynamic=True``), in place, as :meth:`torch.nn.Module.compile` does.
+        """Compile the per-pose computation with ``torch.compile`` (``kwargs`` are passed on),
+        in place, as :meth:`torch.nn.Module.compile` does.
 
         Unlike ``torch.compile(loss)``, the batch shape is flattened and ``is_left`` turned
         into a ``(N,)`` sign tensor *before* the compiled region, so one compilation serves
         every batch size ≥ 2, every leading batch shape and every form of ``is_left``
         (``None``, a bool, a tensor). ``group=`` given or not, float32 or float64, and the
         reduction each make their own graph.
+
+        Only the batch axis is dynamic (``forward`` marks it; the default ``dynamic=None``
+        keeps the limits' tables static): at batch 4096 the step was 0.36 ms faster on 2 CPU
+        threads than with ``dynamic=True``, where every table's shape is symbolic too.
         """
-        kwargs.setdefault("dynamic", True)
+        kwargs.setdefault("dynamic", None)
         warm_constants(self.bone_length_min.device)
         self._compiled = torch.compile(self._per_pose, **kwargs)
 
