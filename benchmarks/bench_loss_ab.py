@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from bench_loss import poses
+from bench_loss import poses, steady_allocator
 
 from bmc_calib import default_bundle
 from bmc_calib.torch import BMCLoss
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             for loss in (base, new):
                 loss.compile()
         x = poses(args.batch)
-        torch.empty(30_000_000 // 4)  # a freed 30 MB tensor: the allocator's steady state
+        steady_allocator()
 
         def step(loss: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
             leaf = x.clone().requires_grad_(True)
