@@ -61,6 +61,7 @@ from bmc_calib.torch_chain import (
     FEATURE_ROWS,
     Rotation,
     Saved,
+    accelerator_path,
     chain_backward,
     chain_forward,
     comparison_mask,
@@ -398,6 +399,19 @@ def _segment_distance(
     return torch.hypot(slack, beyond), dx, dy, slack
 
 
+def _outward_slacks(px: torch.Tensor, py: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Every edge's outward slack ``(v − p)·n`` ``(H, V, N)`` for points ``(H, N)`` and the
+    ``(H, V, 3)`` rows ``[−n | n·v]`` of :func:`_hull_layout`. On accelerators one batched
+    product with homogeneous points (three kernels with the points' stack); on the CPU three
+    broadcasting passes, the same count of kernels: a batched product with an inner size of 3
+    is ~2x slower there (at batch 4096 with 17-edge hulls on 2 threads, 0.23 ms against
+    0.11 ms)."""
+    if accelerator_path(px):
+        return torch.bmm(rows, torch.stack((px, py, torch.ones_like(px)), 1))
+    nx, ny, offset = rows[..., None].unbind(2)  # (H, V, 1) each
+    return torch.mul(nx, px[:, None]).addcmul_(ny, py[:, None]).add_(offset)
+
+
 def _nearest_edges_eager(
     px: torch.Tensor,
     py: torch.Tensor,
@@ -426,8 +440,7 @@ def _nearest_edges_eager(
     rows, picks, base = _hull_layout(tables) if layout is None else layout
     n_hulls, n_edges = rows.shape[:2]
     bits = picks.shape[1] // n_hulls - 1
-    points = torch.stack((px, py, torch.ones_like(px)), 1)  # (H, 3, N)
-    outward = torch.bmm(rows, points)  # (H, V, N)
+    outward = _outward_slacks(px, py, rows)  # (H, V, N)
     key = outward.view(torch.int64 if px.dtype == torch.float64 else torch.int32)
     index = torch.arange(n_edges, dtype=key.dtype, device=key.device)[:, None]
     key.bitwise_and_(~bits).bitwise_or_(index)
