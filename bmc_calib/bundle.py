@@ -497,9 +497,12 @@ def _vlen_lengths(dataset: h5py.Dataset, count: int, label: str) -> np.ndarray |
         )
     if storage == 0:
         return np.zeros(0, dtype=np.int64)
-    with open(label, "rb") as handle:
-        handle.seek(offset)
-        raw = handle.read(storage)
+    if dataset.file.driver == "core":  # a bundle being written (:func:`_write_plan`)
+        raw = dataset.file.id.get_file_image()[offset : offset + storage]
+    else:
+        with open(label, "rb") as handle:
+            handle.seek(offset)
+            raw = handle.read(storage)
     if len(raw) != storage:
         raise BadInputError(f"{label}: dataset {dataset.name} lies beyond the end of the file")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(count, element)
@@ -569,8 +572,13 @@ class _Plan:
 
 
 def _write_plan(plan: _Plan, root_attributes: dict[str, object], temporary: str) -> str:
-    """Write the bundle into ``temporary`` and return its content digest."""
-    with h5py.File(temporary, "w", track_order=True) as h5file:
+    """Write the bundle into ``temporary`` and return its content digest.
+
+    The file is built in memory (HDF5's core driver) and its image written with plain file
+    I/O: a failed write (a full disk) is then one ``OSError``, where HDF5 writing to disk
+    itself reported it as a cascade of errors and crashed the interpreter on closing the file.
+    Bundles are small (kilobytes to a few megabytes)."""
+    with h5py.File(temporary, "w", driver="core", backing_store=False, track_order=True) as h5file:
         _set_attributes(h5file, root_attributes)
         for path, attributes in plan.groups.items():
             _set_attributes(h5file.create_group(path, track_order=True), attributes)
@@ -583,6 +591,10 @@ def _write_plan(plan: _Plan, root_attributes: dict[str, object], temporary: str)
         )
         digest = _file_digest(h5file, temporary)
         _set_attributes(h5file, {ATTR_DIGEST: digest})
+        h5file.flush()
+        image = h5file.id.get_file_image()
+    with open(temporary, "wb") as handle:
+        handle.write(image)
     return digest
 
 

@@ -194,3 +194,35 @@ def test_real_entry_point_in_a_subprocess(tmp_path) -> None:
     assert missing.returncode == 3
     assert "nope.npy" in missing.stderr and "Traceback" not in missing.stderr
     assert not other.exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a file-size limit through setrlimit")
+def test_a_write_the_system_refuses_is_one_line_and_leaves_nothing(tmp_path) -> None:
+    """A bundle's real write path (``merge``, which writes as ``fit`` and ``import`` do, with
+    no scratch files of its own), refused by the operating system: a file-size limit (EFBIG,
+    the way a full disk refuses with ENOSPC) gives exit 3, one line, no temporary file and
+    no crash. (HDF5 writing to disk itself reported a full disk as a cascade of errors and
+    crashed the interpreter, exit 139, leaving its temporary file behind.)"""
+    import resource
+    import signal
+
+    exe = shutil.which("bmc-calib")
+    cmd = [exe] if exe else [sys.executable, "-m", "bmc_calib.cli"]
+    source = tmp_path / "a.h5"
+    made = subprocess.run([*cmd, "fit", *SAMPLES, "-o", str(source)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    target = out_dir / "limits.h5"
+    result = subprocess.run([*cmd, "merge", str(source), str(source), "-o", str(target)],
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_files)  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == f"error: cannot write {target}: file too large"
+    assert list(out_dir.iterdir()) == []
