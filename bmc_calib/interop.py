@@ -172,7 +172,13 @@ def export_hand_bmc(
     arrays, warnings = hand_bmc_arrays(limits)
     _check_export_target(target, force)
     parent = os.path.dirname(os.path.abspath(target))
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.", dir=parent)
+    try:  # (a folder that cannot be written refuses already here)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.",
+                                   dir=parent)  # fmt: skip
+    except OSError as exc:
+        raise BadInputError(
+            f"cannot write {target}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -186,7 +192,9 @@ def export_hand_bmc(
         _publish_directory(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise BadInputError(
+            f"cannot write {target}: {(exc.strerror or str(exc)).lower()}"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

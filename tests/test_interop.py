@@ -282,3 +282,20 @@ def test_export_refuses_lengths_not_relative(limits, tmp_path) -> None:
     assert not (tmp_path / "bmc").exists()
     with pytest.raises(UsageError):
         interop.check_format("bmc-tf")
+
+
+def test_export_into_a_folder_that_cannot_be_written(limits, runner, tmp_path, monkeypatch) -> None:
+    """The staging folder is the first thing written: its refusal is the one-line exit 3 of
+    every other writer, not an unexpected failure (exit 70)."""
+    path = tmp_path / "limits.h5"
+    bundle.write_bundle(limits, path)
+
+    def refused(*args: object, **kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(interop.tempfile, "mkdtemp", refused)
+    target = tmp_path / "bmc"
+    result = runner.invoke(app, ["export", str(path), "--to", "hand-bmc", str(target)])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.strip() == f"error: cannot write {target}: permission denied"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["limits.h5"]
