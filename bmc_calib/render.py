@@ -177,9 +177,20 @@ def fit_report(console: Console, summary: dict[str, Any]) -> None:
     )
 
 
+def _digest_line(name: str, summary: dict[str, Any]) -> str:
+    """``content digest sha256:…: ok`` (or MISMATCH with the computed value); an attribute
+    digest that is absent where it may be (bundles before 1.2) says so."""
+    stored, computed = summary[f"{name}_digest"], summary[f"{name}_digest_computed"]
+    if summary[f"{name}_digest_ok"]:
+        if stored is None:
+            return f"{name} digest: none (bundles before 1.2 have none)"
+        return f"{name} digest {_text(stored)}: [green]ok[/green]"
+    shown = "missing" if stored is None else _text(stored)
+    return f"{name} digest {shown}: [red]MISMATCH[/red] (computed {_text(computed)})"
+
+
 def bundle_report(console: Console, summary: dict[str, Any]) -> None:
     """The human view of ``bmc-calib inspect``."""
-    digest = "[green]ok[/green]" if summary["digest_ok"] else "[red]MISMATCH[/red]"
     console.print(f"[bold]{_text(summary['path'])}[/bold]", highlight=False, soft_wrap=True)
     console.print(
         f"bmc-limits bundle v{_text(summary['encoding_version'])}, written by "
@@ -191,7 +202,8 @@ def bundle_report(console: Console, summary: dict[str, Any]) -> None:
         f"{_text(summary['normalization'])}, length unit {_text(summary['length_unit'])}, "
         f"coverage {_text(summary['coverage'])}"
     )
-    console.print(f"content digest {_text(summary['content_digest'])}: {digest}", soft_wrap=True)
+    for name in ("content", "attribute"):  # each digest with its own verdict
+        console.print(_digest_line(name, summary), soft_wrap=True)
     params = ", ".join(f"{k}={v}" for k, v in summary["parameters"].items())
     console.print(f"fit parameters: {_text(params)}")
     console.print(sources_table(summary))

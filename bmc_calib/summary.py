@@ -243,6 +243,8 @@ def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
         "attribute_digest": getattr(info, "attribute_digest_stored", None),
         "attribute_digest_computed": getattr(info, "attribute_digest_computed", None),
         "digest_ok": bool(info.digest_ok),
+        "content_digest_ok": bool(info.content_digest_ok),
+        "attribute_digest_ok": bool(info.attribute_digest_ok),
         **limits_summary(limits),
     }
 

@@ -87,6 +87,24 @@ def test_inspect_json_and_verify(runner, bundle_path, tmp_path) -> None:
     assert runner.invoke(app, ["inspect", str(tampered)]).exit_code == 0  # reports, no check
 
 
+def test_inspect_names_the_digest_that_does_not_match(runner, bundle_path, tmp_path) -> None:
+    """An edited attribute leaves the content digest intact: the human view says which of the
+    two digests failed (it used to mark the content digest for either)."""
+    tampered = tmp_path / "attribute.h5"
+    shutil.copy(bundle_path, tampered)
+    with h5py.File(tampered, "r+") as f:
+        f.attrs["coverage"] = 0.5
+    human = runner.invoke(app, ["inspect", str(tampered)])
+    assert human.exit_code == 0
+    lines = {line.split(" digest ")[0]: line for line in human.stderr.splitlines()
+             if " digest " in line}  # fmt: skip
+    assert lines["content"].endswith(": ok")
+    assert ": MISMATCH (computed sha256:" in lines["attribute"]
+    data = json.loads(runner.invoke(app, ["inspect", str(tampered), "--json"]).stdout)
+    assert data["content_digest_ok"] is True and data["attribute_digest_ok"] is False
+    assert data["digest_ok"] is False
+
+
 def test_existing_output_needs_force(runner, bundle_path, tmp_path) -> None:
     out = tmp_path / "l.h5"
     out.write_bytes(b"precious")
