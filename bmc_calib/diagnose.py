@@ -45,15 +45,29 @@ class Mismatch:
     share: float
     items: list[str] = field(default_factory=list)
     better: list[tuple[str, float]] = field(default_factory=list)
+    #: the share of the sample that is degenerate (no measurable hand), part of ``share``
+    degenerate: float = 0.0
 
-    def message(self, what: str = "implausible") -> str:
+    def message(self) -> str:
         """One line for people (the caller prefixes the file names)."""
+        mostly_degenerate = self.degenerate >= self.share / 2
+        if not mostly_degenerate:
+            what = "implausible"
+        elif self.degenerate >= self.share:
+            what = "degenerate (no measurable hand)"
+        else:
+            what = f"implausible or degenerate ({100 * self.degenerate:.0f} % degenerate)"
         text = f"{100 * self.share:.0f} % of the poses are {what}"
         if self.items:
             text += f", most breaking the same items ({', '.join(self.items[:4])})"
         if self.better:
             name, share = self.better[0]
             text += f"; read {name}, only {100 * share:.1f} % are"
+        elif mostly_degenerate:
+            text += (
+                "; check that the files hold 3D joint positions (missing joints written as "
+                "NaN or 0, another --layout)"
+            )
         else:
             text += (
                 "; the data and the limits do not match: check --layout, --hand left for "
@@ -72,7 +86,7 @@ def _bad(sample: np.ndarray, limits: Limits) -> tuple[np.ndarray, dict[str, np.n
         "palm_curvature": feats.palm_curvature > limits.palm_curvature.max,
         "palm_angle": feats.palm_angle > limits.palm_angle.max,
     }
-    return bad, {"over": over, "high": side}
+    return bad, {"over": over, "high": side, "degenerate": v.degenerate}
 
 
 def _alternatives(sample: np.ndarray, layout: str) -> list[tuple[str, np.ndarray]]:
@@ -125,7 +139,8 @@ def validation_mismatch(sample: np.ndarray, layout: str, limits: Limits) -> Mism
         if alt_share <= BETTER_BY * share:
             better.append((name, alt_share))
     better.sort(key=lambda x: x[1])
-    return Mismatch(share, [text for _, text in found], better)
+    degenerate = float(detail["degenerate"].mean())
+    return Mismatch(share, [text for _, text in found], better, degenerate)
 
 
 def _glitch_share(sample: np.ndarray, max_deviation: float) -> float:

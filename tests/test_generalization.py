@@ -89,6 +89,31 @@ def test_validate_suggests_hand_left_for_unmirrored_left_hands(runner, tmp_path)
     assert json.loads(ok.stdout)["diagnosis"] is None
 
 
+def test_poses_that_are_no_measurable_hand_are_called_degenerate(runner, tmp_path) -> None:
+    """Degenerate poses are not "implausible": the diagnosis says which they are and points at
+    the data, not at the limits (all-NaN poses were "100 % implausible; the data and the
+    limits do not match")."""
+    poses = _recording(SUBJECTS[2], 200)
+    nan = np.full_like(poses, np.nan)
+    np.save(tmp_path / "nan.npy", nan)
+    data = json.loads(runner.invoke(app, ["validate", str(tmp_path / "nan.npy"), "--json"]).stdout)
+    assert "100 % of the poses are degenerate (no measurable hand)" in data["diagnosis"]
+    assert (
+        "3D joint positions" in data["diagnosis"] and "limits do not match" not in data["diagnosis"]
+    )
+    mixed = poses.copy()
+    mixed[:120] = 0.0  # missing joints written as zeros
+    mixed[120:, 8] *= 3.0  # implausible index tips
+    np.save(tmp_path / "mixed.npy", mixed)
+    data = json.loads(
+        runner.invoke(app, ["validate", str(tmp_path / "mixed.npy"), "--json"]).stdout
+    )
+    assert "implausible or degenerate (60 % degenerate)" in data["diagnosis"]
+    np.save(tmp_path / "long.npy", poses * np.where(np.arange(21) == 8, 3.0, 1.0)[:, None])
+    data = json.loads(runner.invoke(app, ["validate", str(tmp_path / "long.npy"), "--json"]).stdout)
+    assert "of the poses are implausible, most breaking" in data["diagnosis"]
+
+
 # --------------------------------------------------------------------------- fit report
 def test_fit_reports_heldout_figures_and_the_region_extent(runner, tmp_path) -> None:
     paths = []
