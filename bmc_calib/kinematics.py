@@ -36,7 +36,9 @@ from bmc_calib.errors import UsageError
 
 NORMALIZATIONS: tuple[str, ...] = ("reference-bone", "none")
 
-#: Bit ``i`` of ``degenerate_reason`` is set when reason ``i`` applies.
+#: Bit ``i`` of ``degenerate_reason`` is set when reason ``i`` applies; a pose with
+#: non-finite or out-of-range coordinates has only those bits (the geometric tests cannot be
+#: made on it).
 DEGENERATE_REASONS: tuple[str, ...] = (
     "non_finite",  # a coordinate is NaN or infinite
     "zero_bone",  # some bone (incl. the reference bone) has (near) zero length
@@ -63,6 +65,10 @@ ALIGNED = 1e-12
 COORDINATE_LIMIT = 1e8
 
 _OUT_OF_RANGE = 1 << DEGENERATE_REASONS.index("out_of_range")
+#: Reasons about the coordinates themselves: a pose with one of them is reported with it
+#: alone (its unusable coordinates are replaced by 0 before the geometric tests, which would
+#: otherwise report the zeros as zero bones, coincident MCPs, …).
+_UNUSABLE = 1 << DEGENERATE_REASONS.index("non_finite") | _OUT_OF_RANGE
 
 DEFAULT_CHUNK = 3000  # poses per float64 block; powers of two collide in the cache
 
@@ -334,6 +340,9 @@ def _features_into(raw: np.ndarray, normalization: str, out: Features, rows: sli
         if level < 2:
             x, y, z = _next_frame(x, y, z, _unit(bone, length[bone_ids]))
 
+    # the geometric tests saw the zeros that replaced unusable coordinates: report only those
+    unusable = reason & _UNUSABLE
+    reason = np.where(unusable != 0, unusable, reason).astype(np.uint8)
     degenerate = reason != 0
     keep = ~degenerate
     out.bone_length[rows] = np.where(keep, length, 0.0).T

@@ -223,6 +223,23 @@ def test_degenerate_poses_are_flagged_with_their_reason_and_never_nan(case: str)
             assert (value[1] == 0).all()
 
 
+@pytest.mark.parametrize("norm", kinematics.NORMALIZATIONS)
+def test_unusable_coordinates_are_the_only_reason_given(norm: str) -> None:
+    """Non-finite or out-of-range coordinates are replaced by 0 before the geometric tests;
+    the zeros must not be reported as zero bones, coincident MCPs and so on."""
+    j = flat_hand()
+    one_nan = j.copy()
+    one_nan[7, 1] = np.nan
+    huge = j * 1e9  # every coordinate beyond COORDINATE_LIMIT
+    both = huge.copy()
+    both[3, 0] = np.inf
+    poses = np.stack([one_nan, np.full_like(j, np.nan), huge, both, j])
+    feats = compute_features(poses, norm)
+    names = [kinematics.degenerate_reason_names(int(c)) for c in feats.degenerate_reason]
+    assert names == [["non_finite"], ["non_finite"], ["out_of_range"], ["non_finite"], []]
+    assert feats.degenerate.tolist() == [True, True, True, True, False]
+
+
 def test_finger_folded_back_onto_itself_is_finite() -> None:
     j = flat_hand()
     back = j.copy()
