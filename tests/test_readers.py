@@ -658,3 +658,23 @@ def test_cli_side_option_and_reader_drops_in_summary(runner, tmp_path) -> None:
     assert summary["frames_read"] == 40 and summary["frames_rejected"]["other_side"] == 20
     bad = runner.invoke(app, ["fit", str(path), "--side", "up", "-o", str(tmp_path / "x.h5")])
     assert bad.exit_code == 2 and "--side must be one of" in bad.stderr
+
+
+def test_an_input_reached_twice_is_read_once(tmp_path, poses, monkeypatch) -> None:
+    """The same file by two names, or through its folder and by name, is one input: its
+    poses counted twice would weigh that person double (a note says so)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.save(folder / "a.npy", poses[:4])
+    np.save(folder / "b.npy", poses[4:7])
+    monkeypatch.chdir(tmp_path)
+    sources = open_sources(["data/a.npy", "./data/../data/a.npy", "data"])
+    assert [s.path for s in sources] == ["data/a.npy", "data/b.npy"]
+    assert sources[0].notes == [
+        "./data/../data/a.npy: the same as data/a.npy; read once",
+        "data/a.npy: given more than once; read once",  # (the folder's own a.npy)
+    ]
+    assert sum(c.joints.shape[0] for s in sources for c in s.chunks()) == 7
+    copy = tmp_path / "copy.npy"  # another file with the same bytes is another input
+    copy.write_bytes((folder / "a.npy").read_bytes())
+    assert len(open_sources(["data/a.npy", str(copy)])) == 2

@@ -175,13 +175,26 @@ def open_sources(
 
     Opening is cheap: most readers check the file and defer parsing to ``Source.chunks()``,
     so malformed content may raise :class:`BadInputError` while iterating.
+
+    An input reached twice (the same file named twice, or through a folder and by name; links
+    resolved) is read once, with a note on its source: counting its poses twice would weigh
+    that person double.
     """
     opts = options or ReadOptions()
-    sources = []
+    sources: list[Source] = []
+    opened: dict[str, Source] = {}
     for path in expand_inputs(paths):
         for reader, item in resolve_input(path, format):
+            key = os.path.realpath(item)
+            if key in opened:
+                first = opened[key]
+                same = "given more than once" if item == first.path else f"the same as {first.path}"
+                if (note := f"{item}: {same}; read once") not in first.notes:
+                    first.notes.append(note)
+                continue
             reader.check_options(opts)
-            sources.append(reader.open(item, opts))
+            opened[key] = reader.open(item, opts)
+            sources.append(opened[key])
     return sources
 
 
