@@ -30,11 +30,12 @@ GLITCH_SHARE = 0.1
 #: an alternative is named when it flags at most this fraction of what the input flags
 BETTER_BY = 0.25
 SAMPLE_POSES = 2000
-UNIT_FACTORS: tuple[tuple[str, float], ...] = (
-    ("× 1000 (m → mm?)", 1000.0),
-    ("× 10", 10.0),
-    ("÷ 10", 0.1),
-    ("÷ 1000 (mm → m?)", 0.001),
+#: ``(factor, guess, scale)`` tried on poses against a bundle fitted without normalisation
+UNIT_FACTORS: tuple[tuple[str, str, float], ...] = (
+    ("× 1000", "m → mm? ", 1000.0),
+    ("× 10", "", 10.0),
+    ("÷ 10", "", 0.1),
+    ("÷ 1000", "mm → m? ", 0.001),
 )
 
 
@@ -62,7 +63,7 @@ class Mismatch:
             text += f", most breaking the same items ({', '.join(self.items[:4])})"
         if self.better:
             name, share = self.better[0]
-            text += f"; read {name}, only {100 * share:.1f} % are"
+            text += f"; {name}, only {100 * share:.1f} % are"
         elif mostly_degenerate:
             text += (
                 "; check that the files hold 3D joint positions (missing joints written as "
@@ -93,12 +94,12 @@ def _alternatives(sample: np.ndarray, layout: str) -> list[tuple[str, np.ndarray
     """Other readings of the same frames: every other layout, and mirrored."""
     current = skeleton.get_layout(layout)
     raw = current.from_canonical(sample)
-    out = [("mirrored (left hands read as right? try --hand left)", skeleton.mirror(sample))]
+    out = [("read mirrored (left hands read as right? try --hand left)", skeleton.mirror(sample))]
     for name in skeleton.layout_names():
         other = skeleton.get_layout(name)
         if name == current.name or np.array_equal(other.perm, current.perm):
             continue
-        out.append((f"with --layout {name}", other.to_canonical(raw)))
+        out.append((f"read with --layout {name}", other.to_canonical(raw)))
     return out
 
 
@@ -133,7 +134,11 @@ def validation_mismatch(sample: np.ndarray, layout: str, limits: Limits) -> Mism
     better = []
     candidates = _alternatives(sample, layout)
     if limits.normalization == "none":
-        candidates += [(f"in another unit ({n})", sample * f) for n, f in UNIT_FACTORS]
+        unit = "unit" if limits.length_unit == "unknown" else limits.length_unit
+        candidates += [  # (validate reads poses as they are: the user converts them)
+            (f"scaled {factor} ({guess}convert the poses to the bundle's {unit})", sample * f)
+            for factor, guess, f in UNIT_FACTORS
+        ]
     for name, alt in candidates:
         alt_share = float(_bad(alt, limits)[0].mean())
         if alt_share <= BETTER_BY * share:

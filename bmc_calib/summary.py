@@ -226,7 +226,7 @@ def glitch_hints(sources: Sequence[Any], limits: Limits, max_deviation: float) -
     text = f"{100 * rejected / read:.1f} % of the frames were rejected as glitches"
     if found is not None and found.better:
         name, share = found.better[0]
-        return [f"{text}; read {name}, only {100 * share:.1f} % of the first frames would be"]
+        return [f"{text}; {name}, only {100 * share:.1f} % of the first frames would be"]
     return [f"{text}: check --layout (the joint order) and the data's units"]
 
 

@@ -89,6 +89,22 @@ def test_validate_suggests_hand_left_for_unmirrored_left_hands(runner, tmp_path)
     assert json.loads(ok.stdout)["diagnosis"] is None
 
 
+def test_the_unit_hint_says_what_to_do(runner, tmp_path) -> None:
+    """Against a bundle fitted without normalisation, poses in another unit get a hint the
+    user can act on: validate reads poses as they are, so it says to convert them (it used to
+    say "read in another unit", which no option does)."""
+    train = [str(tmp_path / f"{s.name}.npy") for s in SUBJECTS]
+    for i, (path, s) in enumerate(zip(train, SUBJECTS, strict=True)):
+        np.save(path, _recording(s, 300, seed=i))
+    out = tmp_path / "none.h5"
+    fitted = runner.invoke(app, ["fit", *train, "--normalization", "none", "-o", str(out)])
+    assert fitted.exit_code == 0, fitted.output
+    np.save(tmp_path / "metres.npy", _recording(SUBJECTS[0], 200, seed=9) / 1000.0)
+    args = ["validate", str(tmp_path / "metres.npy"), "--limits", str(out), "--json"]
+    data = json.loads(runner.invoke(app, args).stdout)
+    assert "; scaled × 1000 (m → mm? convert the poses to the bundle's " in data["diagnosis"]
+
+
 def test_poses_that_are_no_measurable_hand_are_called_degenerate(runner, tmp_path) -> None:
     """Degenerate poses are not "implausible": the diagnosis says which they are and points at
     the data, not at the limits (all-NaN poses were "100 % implausible; the data and the
