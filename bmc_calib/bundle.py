@@ -818,7 +818,8 @@ def _statistic_array(key: str, value: Value) -> np.ndarray:
 
 def _nonfinite_fields(limits: Limits) -> list[str]:
     """Dataset paths of the limits that hold NaN or infinity."""
-    return [name for name, array in _limit_arrays(limits) if not np.all(np.isfinite(array))]
+    bad = [name for name, array in _limit_arrays(limits) if not np.all(np.isfinite(array))]
+    return list(dict.fromkeys(bad))  # (a dataset stored as several arrays is named once)
 
 
 def _limits_problem(limits: Limits) -> str | None:
