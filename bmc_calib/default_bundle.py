@@ -36,7 +36,7 @@ from importlib import resources
 import numpy as np
 
 from bmc_calib import bundle, skeleton, synthetic
-from bmc_calib.errors import BadInputError
+from bmc_calib.errors import BadInputError, BMCError
 from bmc_calib.fit import FitOptions, fit_limits
 from bmc_calib.formats.base import Chunk, Source, SourceStats, to_right_hands
 from bmc_calib.limits import Limits
@@ -221,7 +221,11 @@ def main(argv: list[str] | None = None) -> None:
             target = os.fspath(packaged)
     else:
         target = args.output
-    digest = bundle.write_bundle(build_default_limits(args.data), target, force=True)
+    try:
+        digest = bundle.write_bundle(build_default_limits(args.data), target, force=True)
+    except BMCError as exc:  # e.g. no data folder: one line, no traceback
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(exc.exit_code) from None
     sys.stdout.write(f"{digest}  {target}\n")
 
 

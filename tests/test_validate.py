@@ -357,6 +357,18 @@ def test_tolerance_scale(limits) -> None:
 DEXYCB = ROOT.parent / "shared" / "data" / "dexycb"
 
 
+def test_default_bundle_rebuild_without_its_data_is_one_line(tmp_path, capsys) -> None:
+    """``python -m bmc_calib.default_bundle`` (the README's rebuild command) where the real
+    data is missing: one line and exit 3, no traceback, nothing written."""
+    target = tmp_path / "rebuilt.h5"
+    with pytest.raises(SystemExit) as exc:
+        default_bundle.main(["--data", str(tmp_path / "nowhere"), "-o", str(target)])
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nowhere" in err
+    assert not target.exists()
+
+
 @pytest.mark.skipif(not DEXYCB.is_dir(), reason="needs the real data in ../shared/data/dexycb")
 def test_default_bundle_rebuilds_to_the_packaged_file() -> None:
     with default_bundle.packaged_path() as path:
