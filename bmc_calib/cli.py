@@ -390,7 +390,11 @@ def fit(
 @app.command()
 def inspect(
     path: Annotated[
-        Path, typer.Argument(metavar="BUNDLE", help="A bundle written by bmc-calib fit.")
+        Path,
+        typer.Argument(
+            metavar="BUNDLE",
+            help="A bundle written by bmc-calib fit, or 'default' for the packaged one.",
+        ),
     ],
     verify: Annotated[
         bool, typer.Option("--verify", help="Exit with code 3 when the digest does not match.")
@@ -398,7 +402,13 @@ def inspect(
     as_json: Json = False,
 ) -> None:
     """Show what a bundle holds, where it came from, and whether it is intact."""
-    limits, info = bundle.inspect_bundle(path)
+    if str(path) == "default" and not path.exists():  # as validate's --limits default
+        from bmc_calib import default_bundle
+
+        with default_bundle.packaged_path() as packaged:
+            limits, info = bundle.inspect_bundle(packaged)
+    else:
+        limits, info = bundle.inspect_bundle(path)
     problem = info.problem()
     if verify and problem is not None and not as_json:  # the verdict before any rendering
         _error_line(problem)

@@ -244,3 +244,13 @@ def test_a_write_the_system_refuses_is_one_line_and_leaves_nothing(tmp_path) -> 
     assert result.returncode == 3, result.stderr
     assert result.stderr.strip() == f"error: cannot write {target}: file too large"
     assert list(out_dir.iterdir()) == []
+
+
+def test_inspect_default_shows_the_packaged_bundle(runner, tmp_path, monkeypatch) -> None:
+    """``inspect default`` as ``validate --limits default`` (a file named default wins)."""
+    monkeypatch.chdir(tmp_path)
+    data = json.loads(runner.invoke(app, ["inspect", "default", "--json", "--verify"]).stdout)
+    assert data["path"].endswith("default_limits.h5") and data["digest_ok"] is True
+    (tmp_path / "default").write_bytes(b"not a bundle")
+    result = runner.invoke(app, ["inspect", "default"])
+    assert result.exit_code == 3 and "default" in result.stderr
