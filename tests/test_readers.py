@@ -8,6 +8,7 @@ Canonical poses come from :func:`bmc_calib.synthetic.generate` (millimetres, rig
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -678,3 +679,25 @@ def test_an_input_reached_twice_is_read_once(tmp_path, poses, monkeypatch) -> No
     copy = tmp_path / "copy.npy"  # another file with the same bytes is another input
     copy.write_bytes((folder / "a.npy").read_bytes())
     assert len(open_sources(["data/a.npy", str(copy)])) == 2
+
+
+def test_a_folder_input_passes_over_bmc_calibs_own_outputs(tmp_path, poses) -> None:
+    """A data folder that also holds the bundle fitted on it and a features archive: both
+    are passed over (each made the whole run fail), and naming one as input still refuses."""
+    from bmc_calib import features
+    from bmc_calib.bundle import write_bundle
+    from bmc_calib.fit import FitOptions, fit_limits
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.save(folder / "hands.npy", poses)
+    limits = fit_limits(open_sources([str(folder / "hands.npy")]), FitOptions())
+    write_bundle(limits, folder / "limits.h5")
+    features.write_features(open_sources([str(folder / "hands.npy")]), folder / "f.npz", "npz")
+    h5 = folder / "more.h5"  # a pose file of the same container stays an input
+    with h5py.File(h5, "w") as fh:
+        fh["joints"] = poses[:3]
+    sources = open_sources([str(folder)])
+    assert [os.path.basename(s.path) for s in sources] == ["hands.npy", "more.h5"]
+    with pytest.raises(BadInputError, match="limits bundle, not pose data"):
+        open_sources([str(folder / "limits.h5")])

@@ -118,6 +118,12 @@ def detect_format(path: str) -> Reader:
     return tied[0]
 
 
+def _pose_files(folder: str) -> list[str]:
+    """The files below ``folder`` that may hold poses: bmc-calib's own outputs kept beside
+    the data (a ``limits.h5``, a features ``.npz``) are passed over."""
+    return [f for f in _io.walk_files(folder) if not _io.is_own_output(f)]
+
+
 def resolve_input(path: str, format: str | None = None) -> list[tuple[Reader, str]]:
     """``(reader, path)`` pairs for one input: a file, or a folder (one or many sources)."""
     forced = get_reader(format) if format else None
@@ -127,7 +133,7 @@ def resolve_input(path: str, format: str | None = None) -> list[tuple[Reader, st
     if forced is not None:
         if forced.folders:
             return [(forced, path)]
-        files = [f for f in _io.walk_files(path) if forced.detect(f) > 0]
+        files = [f for f in _pose_files(path) if forced.detect(f) > 0]
         if not files:
             raise BadInputError(f"{path}: no {forced.name} files below this folder")
         return [(forced, f) for f in files]
@@ -140,7 +146,7 @@ def resolve_input(path: str, format: str | None = None) -> list[tuple[Reader, st
     if tied:
         return [(tied[0], path)]
     found: list[tuple[int, str]] = []
-    for f in _io.walk_files(path):
+    for f in _pose_files(path):
         score, _ = _best(f, readers())
         if score > 0:
             found.append((score, f))

@@ -872,6 +872,26 @@ def walk_files(root: str) -> list[str]:
     return sorted((f for f in out if is_regular_file(f)), key=natural_key)
 
 
+def is_own_output(path: str) -> bool:
+    """Whether ``path`` is something bmc-calib wrote that holds no poses: a limits bundle
+    (``fit``'s ``limits.h5``) or a features archive (``features``' ``.npz``). Folders given as
+    inputs often hold them beside the data; reading one as poses would fail the whole run."""
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix in (".h5", ".hdf5", ".hdf"):
+            import h5py
+
+            with h5py.File(path, "r") as fh:
+                return fh.attrs.get("encoding-type") in ("bmc-limits", b"bmc-limits")
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+            return {"flexion_abduction.npy", "degenerate_reason_names.npy"} <= names
+    except Exception:  # unreadable: not ours to judge here; its reader reports it
+        return False
+    return False
+
+
 def natural_key(path: str) -> list[Any]:
     """Sort key that orders ``frame_2`` before ``frame_10``."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
