@@ -369,9 +369,11 @@ def fit(
         digest = bundle.write_bundle(limits, output, force=force)
         result = summary.fit_summary(limits, str(output), digest)
         result["scratch_bytes"] = int(limits.scratch_bytes)
-        result["hints"] = summary.fit_hints(sources, group_by) + summary.glitch_hints(
-            sources, limits, options.glitch_max_deviation
-        )
+        result["hints"] = [
+            *summary.fit_hints(sources, group_by),
+            *summary.glitch_hints(sources, limits, options.glitch_max_deviation),
+            *summary.unit_hints(sources, limits),
+        ]
         return result
 
     result = run()

@@ -29,6 +29,9 @@ ITEM_SHARE = 0.5
 GLITCH_SHARE = 0.1
 #: an alternative is named when it flags at most this fraction of what the input flags
 BETTER_BY = 0.25
+#: inputs whose median reference bones differ by this factor are not in one unit (people
+#: differ by well under 1.5x; units by 10x or 1000x)
+SCALE_RATIO = 5.0
 SAMPLE_POSES = 2000
 #: ``(factor, guess, scale)`` tried on poses against a bundle fitted without normalisation
 UNIT_FACTORS: tuple[tuple[str, str, float], ...] = (
@@ -175,6 +178,32 @@ def glitch_mismatch(sample: np.ndarray, layout: str, max_deviation: float) -> Mi
             better.append((name, alt_share))
     better.sort(key=lambda x: x[1])
     return Mismatch(share, [], better)
+
+
+def scale_mismatch(sources: list, n: int = 200) -> str | None:
+    """A line when the inputs' scales differ as units do (the median wrist → middle-MCP
+    length of each input's first ``n`` frames), else None: under ``--normalization none``
+    the inputs must share one unit, and nothing else catches a file in metres beside files
+    in millimetres."""
+    a, b = skeleton.REFERENCE_JOINTS
+    scales = []
+    for src in sources:
+        sample, _ = first_frames([src], n)
+        with np.errstate(invalid="ignore"):
+            length = np.linalg.norm(sample[:, a] - sample[:, b], axis=1)
+        length = length[np.isfinite(length) & (length > 0)]
+        if len(length):
+            scales.append((float(np.median(length)), src.path))
+    if len(scales) < 2:
+        return None
+    (low, low_path), (high, high_path) = min(scales), max(scales)
+    if high < SCALE_RATIO * low:
+        return None
+    return (
+        f"the inputs' scales differ {high / low:.0f}x (median wrist–middle-MCP length "
+        f"{high:.4g} in {high_path}, {low:.4g} in {low_path}): mixed units? Under "
+        "--normalization none every input must be in the same unit"
+    )
 
 
 def first_frames(sources: list, n: int = SAMPLE_POSES) -> tuple[np.ndarray, str]:

@@ -207,6 +207,16 @@ def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
     ]
 
 
+def unit_hints(sources: Sequence[Any], limits: Limits) -> list[str]:
+    """Advice after a fit without normalisation whose inputs are not in one unit."""
+    from bmc_calib import diagnose
+
+    if limits.normalization != "none":
+        return []  # (the reference-bone normalisation makes units irrelevant)
+    found = diagnose.scale_mismatch(list(sources))
+    return [] if found is None else [found]
+
+
 def glitch_hints(sources: Sequence[Any], limits: Limits, max_deviation: float) -> list[str]:
     """Advice after a fit that rejected many frames as glitches: another reading of the
     inputs (layout) under which far fewer frames break the glitch rule, when there is one."""

@@ -105,6 +105,23 @@ def test_the_unit_hint_says_what_to_do(runner, tmp_path) -> None:
     assert "; scaled × 1000 (m → mm? convert the poses to the bundle's " in data["diagnosis"]
 
 
+def test_fit_without_normalisation_notices_inputs_in_different_units(runner, tmp_path) -> None:
+    """One person in millimetres, another in metres: harmless under the reference-bone
+    normalisation, a broken bundle under ``none``, so fit says so there (and only there)."""
+    mm, metres = tmp_path / "mm.npy", tmp_path / "m.npy"
+    np.save(mm, _recording(SUBJECTS[0], 200, seed=1))
+    np.save(metres, _recording(SUBJECTS[1], 200, seed=2) / 1000.0)
+    args = ["fit", str(mm), str(metres), "-o", str(tmp_path / "l.h5"), "--force", "--json"]
+    hints = json.loads(runner.invoke(app, [*args, "--normalization", "none"]).stdout)["hints"]
+    assert any(h.startswith("the inputs' scales differ") and "mixed units?" in h for h in hints)
+    assert not any(
+        "scales differ" in h for h in json.loads(runner.invoke(app, args).stdout)["hints"]
+    )
+    np.save(metres, _recording(SUBJECTS[1], 200, seed=2))  # both in mm: no hint
+    hints = json.loads(runner.invoke(app, [*args, "--normalization", "none"]).stdout)["hints"]
+    assert not any("scales differ" in h for h in hints)
+
+
 def test_poses_that_are_no_measurable_hand_are_called_degenerate(runner, tmp_path) -> None:
     """Degenerate poses are not "implausible": the diagnosis says which they are and points at
     the data, not at the limits (all-NaN poses were "100 % implausible; the data and the
