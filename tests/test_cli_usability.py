@@ -234,6 +234,11 @@ def test_11_flat_rows_npy_is_read_with_a_note(runner, poses, hands, tmp_path) ->
     got, stderr = _features_of(runner, npz)
     np.testing.assert_array_equal(got, expected)
     assert "(200, 63) array read as (200, 21, 3)" in stderr
+    single = tmp_path / "single.npy"  # one pose: its note is not about flat rows
+    np.save(single, hands[0])
+    got, stderr = _features_of(runner, single)
+    np.testing.assert_array_equal(got, expected[:1])
+    assert re.search(r"note: .*single\.npy: \(21, 3\) array read as one pose\n", stderr)
 
 
 @pytest.mark.parametrize("names", ["named", "numbered"])

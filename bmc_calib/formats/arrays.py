@@ -45,9 +45,12 @@ def joint_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def flat_rows_notes(path: str, shape: tuple[int, ...]) -> list[str]:
-    """The note for an ``(N, 63)`` array read as ``(N, 21, 3)`` (else none)."""
+    """The note for an ``(N, 63)`` array read as ``(N, 21, 3)``, or a ``(21, 3)`` one read as
+    one pose (else none)."""
     if len(shape) != 2 or joint_shape(shape) == tuple(shape):
         return []
+    if tuple(shape) == (skeleton.NUM_JOINTS, 3):
+        return [f"{path}: {tuple(shape)} array read as one pose"]
     return [f"{path}: {tuple(shape)} array read as {joint_shape(shape)}: x0 y0 z0 … z20 per row"]
 
 
