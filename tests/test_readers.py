@@ -701,3 +701,11 @@ def test_a_folder_input_passes_over_bmc_calibs_own_outputs(tmp_path, poses) -> N
     assert [os.path.basename(s.path) for s in sources] == ["hands.npy", "more.h5"]
     with pytest.raises(BadInputError, match="limits bundle, not pose data"):
         open_sources([str(folder / "limits.h5")])
+
+
+def test_format_dexycb_on_another_kind_of_file_names_the_file(tmp_path, poses) -> None:
+    path = tmp_path / "hands.npy"
+    np.save(path, poses)
+    with pytest.raises(BadInputError) as exc:
+        open_sources([str(path)], format="dexycb")
+    assert str(exc.value) == f"{path}: not a DexYCB labels_*.npz file"

@@ -86,6 +86,8 @@ class DexYcbReader(Reader):
                 raise BadInputError(f"{path}: no DexYCB labels_*.npz files below this folder")
         else:
             check_nonempty(path)
+            if not path.lower().endswith(".npz"):  # (--format dexycb on another kind of file)
+                raise BadInputError(f"{path}: not a DexYCB labels_*.npz file")
             files = [path]
         layout = skeleton.get_layout(self.layout)
         sides: dict[str, tuple[str | None, str]] = {}  # folder → (meta.yml, subject)
