@@ -872,6 +872,11 @@ def walk_files(root: str) -> list[str]:
     return sorted((f for f in out if is_regular_file(f)), key=natural_key)
 
 
+def is_limits_bundle(h5file: Any) -> bool:
+    """Whether an open HDF5 file is a bmc-calib limits bundle (its ``encoding-type``)."""
+    return h5file.attrs.get("encoding-type") in ("bmc-limits", b"bmc-limits")
+
+
 def is_own_output(path: str) -> bool:
     """Whether ``path`` is something bmc-calib wrote that holds no poses: a limits bundle
     (``fit``'s ``limits.h5``) or a features archive (``features``' ``.npz``). Folders given as
@@ -882,7 +887,7 @@ def is_own_output(path: str) -> bool:
             import h5py
 
             with h5py.File(path, "r") as fh:
-                return fh.attrs.get("encoding-type") in ("bmc-limits", b"bmc-limits")
+                return is_limits_bundle(fh)
         if suffix == ".npz":
             with zipfile.ZipFile(path) as archive:
                 names = set(archive.namelist())

@@ -437,7 +437,7 @@ class H5Reader(Reader):
         check_nonempty(path)
         try:
             with h5py.File(path, "r") as fh:
-                if fh.attrs.get("encoding-type") in ("bmc-limits", b"bmc-limits"):
+                if _io.is_limits_bundle(fh):
                     raise BadInputError(
                         f"{path}: this is a bmc-calib limits bundle, not pose data "
                         "(inspect it with bmc-calib inspect)"
