@@ -55,6 +55,7 @@ from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.formats import _io
 from bmc_calib.limits import Interval, JointAngleLimits, Limits, Provenance, SourceRecord
 from bmc_calib.merge import polygon_area, rewrap_polygon
+from bmc_calib.outputs import write_failure_reason
 
 __all__ = [
     "FORMATS",
@@ -176,9 +177,7 @@ def export_hand_bmc(
         staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(target))}.",
                                    dir=parent)  # fmt: skip
     except OSError as exc:
-        raise BadInputError(
-            f"cannot write {target}: {(exc.strerror or str(exc)).lower()}"
-        ) from None
+        raise BadInputError(f"cannot write {target}: {write_failure_reason(exc)}") from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -192,9 +191,7 @@ def export_hand_bmc(
         _publish_directory(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise BadInputError(
-            f"cannot write {target}: {(exc.strerror or str(exc)).lower()}"
-        ) from None
+        raise BadInputError(f"cannot write {target}: {write_failure_reason(exc)}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

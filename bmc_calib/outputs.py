@@ -50,12 +50,12 @@ def atomic_path(path: str | os.PathLike, *, force: bool = False) -> Iterator[str
         try:
             yield temporary
         except RuntimeError as exc:  # h5py reports a failed write (disk full) as RuntimeError
-            raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
+            raise BadInputError(f"cannot write {target}: {write_failure_reason(exc)}") from exc
         fsync_file(temporary)
         _publish(temporary, target, force=force)
     except OSError as exc:
         _remove_quietly(temporary)
-        raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
+        raise BadInputError(f"cannot write {target}: {write_failure_reason(exc)}") from exc
     except BaseException:
         _remove_quietly(temporary)
         raise
@@ -79,7 +79,7 @@ def _create_temporary(target: str) -> str:
         except FileExistsError:
             continue
         except OSError as exc:
-            raise BadInputError(f"cannot write {target}: {_reason(exc)}") from exc
+            raise BadInputError(f"cannot write {target}: {write_failure_reason(exc)}") from exc
         os.close(descriptor)
         return temporary
     raise BadInputError(f"cannot write {target}: no free temporary file name in {directory}")
@@ -121,7 +121,8 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
 
 
-def _reason(exc: BaseException) -> str:
+def write_failure_reason(exc: BaseException) -> str:
+    """Why a write failed, in a few lower-case words (``no space left on device``)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     code = re.search(r"\berrno = (\d+)", str(exc))  # HDF5's "file write failed: …, errno = 28"
