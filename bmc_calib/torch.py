@@ -190,6 +190,20 @@ def _restore(ctx, skip: int = 0) -> Saved:
     return Saved(*items)
 
 
+def _refuse_double_backward() -> None:
+    """Raise when a backward runs with ``create_graph=True`` (grad mode on). The hand-derived
+    backward is not itself differentiated; ``once_differentiable`` alone refuses a second
+    derivative only when the incoming gradient requires grad, and otherwise returns a gradient
+    that silently misses the chain's second derivatives (e.g. a gradient penalty on
+    ``task_loss + bmc_total``, whose gradient into this node is a constant)."""
+    if torch.is_grad_enabled() and not _is_compiling():
+        raise RuntimeError(
+            "BMCLoss has a first-order backward only: a gradient with create_graph=True (a "
+            "gradient penalty, a second derivative) through it would miss its second "
+            "derivatives; compute it on the other terms, or detach the BMC term first"
+        )
+
+
 class _Features(torch.autograd.Function):
     """Features ``(58, N)`` and ``keep`` ``(N,)`` of joints ``(N, 21, 3)``
     (:mod:`bmc_calib.torch_chain`); the backward is :func:`~bmc_calib.torch_chain.
@@ -203,8 +217,13 @@ class _Features(torch.autograd.Function):
         return features, keep
 
     @staticmethod
-    @once_differentiable  # the hand-derived backward is not itself differentiated
     def backward(ctx, grad_features, grad_keep):
+        _refuse_double_backward()
+        return _Features._first_order_backward(ctx, grad_features, grad_keep)
+
+    @staticmethod
+    @once_differentiable  # the hand-derived backward is not itself differentiated
+    def _first_order_backward(ctx, grad_features, grad_keep):
         return chain_backward(_restore(ctx), grad_features), None, None
 
 
@@ -598,8 +617,15 @@ class _Magnitudes(torch.autograd.Function):
         return features, magnitudes, terms, keep
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
+        _refuse_double_backward()
+        return _Magnitudes._first_order_backward(
+            ctx, grad_features, grad_magnitudes, grad_terms, grad_keep
+        )
+
+    @staticmethod
+    @once_differentiable
+    def _first_order_backward(ctx, grad_features, grad_magnitudes, grad_terms, grad_keep):
         slopes, feature_rows, feature_weight = ctx.saved_tensors[:3]
         factor = ctx.saved_tensors[3] if ctx.extra else None
         # d loss / d feature: each row's term gradient times its weight (joint-angle rows
