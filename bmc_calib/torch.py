@@ -742,9 +742,12 @@ class BMCLoss(nn.Module):
         self.use_tolerance = bool(use_tolerance)
         self.hull_penalty = hull_penalty
         self._compiled = None
+        self._compile_kwargs: dict[str, object] | None = None
 
         def buffer(name: str, value: np.ndarray, persistent: bool = True) -> None:
-            tensor = torch.as_tensor(np.ascontiguousarray(value))
+            # a copy: a buffer sharing the limits' arrays would let load_state_dict (an
+            # in-place copy) change the caller's Limits
+            tensor = torch.tensor(np.ascontiguousarray(value))
             if tensor.is_floating_point():
                 tensor = tensor.to(torch.float64)
             self.register_buffer(name, tensor, persistent=persistent)
@@ -783,10 +786,36 @@ class BMCLoss(nn.Module):
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
         """:meth:`torch.nn.Module._apply` (``.to()``, ``.cuda()``, …), then the chain's
-        constant matrices on the new device (see :meth:`_derive`)."""
-        module = super()._apply(fn, recurse)
+        constant matrices on the new device (see :meth:`_derive`).
+
+        Device moves apply; dtype casts do not (``.half()``, ``.float()``, a parent model's
+        ``.to(torch.bfloat16)``): the limits keep their float64 values and float32 copies,
+        since the loss computes in its input's dtype anyway and a cast limit would break the
+        agreement with validate (``.half()`` moved magnitudes by 2e-3)."""
+
+        def device_only(tensor: torch.Tensor) -> torch.Tensor:
+            moved = fn(tensor)
+            if moved.dtype != tensor.dtype:  # from the original values: nothing rounded
+                return tensor.to(device=moved.device)
+            return moved
+
+        module = super()._apply(device_only, recurse)
         warm_constants(self.bone_length_min.device)
         return module
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickling and ``copy.deepcopy`` leave out the compiled function (it is bound to
+        this module: a copy would compute with the original's limits); a copy of a compiled
+        loss compiles its own (:meth:`__setstate__`)."""
+        state = super().__getstate__()
+        state["_compiled"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        kwargs = self.__dict__.get("_compile_kwargs")
+        if kwargs is not None:  # (torch.compile is lazy: nothing is compiled until a call)
+            self._compiled = torch.compile(self._per_pose, **kwargs)
 
     def _derive(self) -> None:
         """Compute the tables forward reads from the stored limits, and their float32 copies.
@@ -884,6 +913,7 @@ class BMCLoss(nn.Module):
         """
         kwargs.setdefault("dynamic", None)
         warm_constants(self.bone_length_min.device)
+        self._compile_kwargs = dict(kwargs)
         self._compiled = torch.compile(self._per_pose, **kwargs)
 
     # ------------------------------------------------------------------ evaluation

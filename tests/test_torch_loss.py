@@ -502,11 +502,53 @@ def test_buffers_state_dict_and_dtype(limits, bundle_path):
     fresh.load_state_dict(state)
     poses = torch.as_tensor(implausible_poses(np.random.default_rng(1)))
     torch.testing.assert_close(fresh(poses)[0], module(poses)[0])
-    single = module.to(torch.float32)
-    assert single.bone_length_min.dtype == torch.float32
-    assert single.hull_mask.dtype == torch.bool
-    torch.testing.assert_close(single(poses.float())[0], fresh(poses)[0].float(), atol=1e-4,
+    torch.testing.assert_close(module(poses.float())[0], fresh(poses)[0].float(), atol=1e-4,
                                rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("cast", ["float", "half", "bfloat16", "to float32"])
+def test_dtype_casts_of_the_module_keep_the_limits(limits, cast):
+    """A parent model's ``.half()`` (or ``.float()``, ``.to(torch.bfloat16)``) must not round
+    the limits: the loss computes in its input's dtype, and float64 input keeps agreeing with
+    validate exactly (a cast moved magnitudes by up to 2e-3)."""
+    reference = BMCLoss(limits)
+    module = BMCLoss(limits)
+    before = {name: b.clone() for name, b in module.named_buffers()}
+    if cast == "to float32":
+        module = module.to(torch.float32)
+    else:
+        module = getattr(module, cast)()
+    for name, buffer in module.named_buffers():
+        assert buffer.dtype == before[name].dtype and torch.equal(buffer, before[name]), name
+    poses = torch.as_tensor(implausible_poses(np.random.default_rng(1)))
+    got, want = module.magnitudes(poses), reference.magnitudes(poses)
+    for family, values in want.items():
+        assert torch.equal(got[family], values), family
+    torch.testing.assert_close(module(poses.float())[0], reference(poses.float())[0], rtol=0,
+                               atol=0)  # fmt: skip
+
+
+def test_copies_of_a_compiled_loss_compute_with_their_own_limits(limits):
+    """``copy.deepcopy`` and pickling of a compiled loss: the copy compiles its own function
+    (the compiled function is bound to the module it was made for: a copy used to compute
+    with the original's limits, and pickling failed)."""
+    import copy
+    import pickle
+
+    original = BMCLoss(limits)
+    original.compile(backend="eager")  # (dynamo's eager backend: no C++ compiler needed)
+    copied, pickled = copy.deepcopy(original), pickle.loads(pickle.dumps(original))
+    poses = torch.as_tensor(implausible_poses(np.random.default_rng(2)))
+    expected = BMCLoss(limits)(poses)[0]
+    state = original.state_dict()
+    state["bone_length_max"] = state["bone_length_max"] / 2
+    original.load_state_dict(state)
+    assert not torch.allclose(original(poses)[0], expected)
+    for copy_ in (copied, pickled):
+        assert copy_._compiled is not None and copy_._compiled is not original._compiled
+        torch.testing.assert_close(copy_(poses)[0], expected)
+    # the buffers are the module's own: loading a state did not change the caller's limits
+    torch.testing.assert_close(BMCLoss(limits)(poses)[0], expected)
 
 
 def test_bad_arguments(limits, loss):
