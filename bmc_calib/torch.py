@@ -12,8 +12,9 @@ Conventions (once for the whole module):
   normalises each pose itself (joint 9 to the origin, ‖j0 − j9‖ = 1), so millimetres, metres
   or network units all give the same loss; under ``none`` the input must be in the bundle's
   ``length_unit``. Never normalise by hand.
-- ``is_left``: a bool tensor (or Python bool) broadcastable to the batch shape; ``True`` poses
-  are mirrored (x → −x) into right hands first, as :func:`bmc_calib.skeleton.mirror` does.
+- ``is_left``: a bool tensor of the batch shape (size-1 axes broadcast), or a Python bool;
+  ``True`` poses are mirrored (x → −x) into right hands first, as
+  :func:`bmc_calib.skeleton.mirror` does.
 - Angles are radians; bone-length magnitudes are relative to the violated interval edge
   (0.2 = 20 % too long); palm curvature is in 1 / length unit.
 - Floating point: float64 input is computed in float64; every other dtype in float32.
@@ -140,8 +141,38 @@ def _mirror_sign(
     if is_left is True:
         return joints.new_full((n,), -1.0)
     left = torch.as_tensor(is_left, device=joints.device)
+    if left.dtype != torch.bool:  # (a 0/1 int or float tensor would scale x, not mirror it)
+        raise BadInputError(f"is_left must be bool (a bool, or bool per pose), got {left.dtype}")
+    if not _fits_batch(tuple(left.shape), batch):
+        raise BadInputError(
+            f"is_left has shape {tuple(left.shape)} for poses of batch shape {batch}: give one "
+            f"of shape {batch}, or with size-1 axes where one flag serves many, e.g. "
+            f"{(*batch[:1], *(1,) * (len(batch) - 1))}"
+        )
     left = torch.broadcast_to(left, batch).reshape(n)
     return 1.0 - 2.0 * left.to(joints.dtype)
+
+
+def _fits_batch(shape: tuple[int, ...], batch: tuple[int, ...]) -> bool:
+    """Whether a per-pose tensor of ``shape`` (``()``, or as many axes as ``batch``, each of
+    its size or 1) gives each pose of the batch its own value. Broadcasting alone would also
+    take ``(B,)`` for a batch ``(B, T)`` with ``B == T`` — along the wrong axis."""
+    if shape == ():
+        return True
+    return len(shape) == len(batch) and all(s in (1, b) for s, b in zip(shape, batch, strict=True))
+
+
+def _group_labels(group: object, batch: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``group=``: integer labels of the batch shape → ``(N,)`` (one clear error otherwise)."""
+    labels = torch.as_tensor(group, device=device)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise BadInputError(f"group must hold integer labels, got {labels.dtype}")
+    if tuple(labels.shape) != batch:
+        raise BadInputError(
+            f"group has shape {tuple(labels.shape)} for poses of batch shape {batch}: give one "
+            "label per pose"
+        )
+    return labels.reshape(-1)
 
 
 def compute_features(
@@ -954,9 +985,9 @@ class BMCLoss(nn.Module):
                 features[:20], keep.to(joints.dtype), group, allowance
             )
             terms = torch.cat((terms, (self.personal_weight * personal_mag.mean(0))[None]))
-        if self.reduction == "mean":
+        if self.reduction == "mean" and terms.shape[1] > 0:
             terms = terms.mean(1)
-        elif self.reduction == "sum":
+        elif self.reduction != "none":  # "sum", and the mean of no poses: 0, not NaN
             terms = terms.sum(1)
         return terms.sum(0), terms
 
@@ -970,7 +1001,8 @@ class BMCLoss(nn.Module):
 
         Args:
             joints: ``(..., 21, 3)`` poses (see the module docstring for units).
-            is_left: bool, broadcastable to the batch shape ``S``; true poses are mirrored.
+            is_left: bool, or a bool tensor of the batch shape ``S`` (size-1 axes
+                broadcast); true poses are mirrored.
             group: optional integer labels of shape ``S`` (a person or sequence per pose);
                 adds ``"personal"`` ``S + (20,)``: each bone's relative deviation from its
                 group's median beyond the bundle's allowance (validate's personal check).
@@ -987,7 +1019,7 @@ class BMCLoss(nn.Module):
                  "joint_angle": (28, 43)}  # fmt: skip
         out = {name: magnitudes[a:b].T.reshape(*batch, b - a) for name, (a, b) in spans.items()}
         if group is not None:
-            dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
+            dense = _group_labels(group, batch, flat.device)
             allowance = self._buffer("personal_allowance", flat.dtype)
             personal_mag = _personal_magnitudes(
                 features[:20], keep.to(flat.dtype), dense, allowance
@@ -1007,7 +1039,7 @@ class BMCLoss(nn.Module):
         Args:
             joints: ``(..., 21, 3)`` predicted joints, canonical order (any length unit under
                 ``reference-bone`` normalisation; the bundle's unit under ``none``).
-            is_left: bool tensor broadcastable to the batch shape ``S`` (or a bool); true
+            is_left: bool tensor of the batch shape ``S``, size-1 axes broadcast (or a bool); true
                 poses are left hands and are mirrored (x → −x) first.
             group: optional integer tensor of shape ``S``: which person or sequence each pose
                 belongs to. Adds the term ``"personal"`` = ``personal_weight`` × the mean over
@@ -1025,7 +1057,7 @@ class BMCLoss(nn.Module):
         sign = _mirror_sign(is_left, batch, flat, always=compiled is not None)
         dense = None
         if group is not None:
-            dense = torch.as_tensor(group, device=flat.device).reshape(flat.shape[0])
+            dense = _group_labels(group, batch, flat.device)
         mark_dynamic = getattr(torch._dynamo, "maybe_mark_dynamic", None)  # torch >= 2.2
         if compiled is not None and mark_dynamic is not None:  # one graph for every size
             for tensor in (flat, sign, dense):

@@ -1100,3 +1100,48 @@ def test_torch_compile_of_the_module_in_a_fresh_process_state(limits):
     total, _ = compiled(poses)
     total.backward()
     assert torch.isfinite(poses.grad).all() and poses.grad.abs().max() > 0
+
+
+def test_is_left_and_group_must_fit_the_batch(limits):
+    """Per-pose arguments give each pose its own value or fail with one clear line: a
+    ``(B,)`` flag for a ``(B, T)`` batch broadcast along T (with B == T, silently mirroring
+    the wrong poses), and a 0/1 integer flag scaled x by −3 instead of mirroring."""
+    module = BMCLoss(limits)
+    poses = torch.as_tensor(implausible_poses(np.random.default_rng(3))[:16]).reshape(4, 4, 21, 3)
+    flags = torch.tensor([True, False, True, False])
+    per_sequence = module(poses, is_left=flags[:, None])[0]
+    torch.testing.assert_close(per_sequence, module(poses, is_left=flags[:, None].expand(4, 4))[0])
+    for bad, message in (
+        (flags, r"is_left has shape \(4,\) for poses of batch shape \(4, 4\).*\(4, 1\)"),
+        (torch.ones(3, 4, dtype=torch.bool), r"is_left has shape \(3, 4\)"),
+        (flags.long()[:, None], "is_left must be bool"),
+    ):
+        with pytest.raises(BadInputError, match=message):
+            module(poses, is_left=bad)
+    assert module(poses, is_left=True)[0].isfinite()  # a bool, and bool numpy arrays, still do
+    module(poses, is_left=np.zeros((4, 4), dtype=bool))
+    labels = torch.arange(4)[:, None].expand(4, 4)
+    module(poses, group=labels)
+    for bad, message in (
+        (torch.arange(4), r"group has shape \(4,\) for poses of batch shape \(4, 4\)"),
+        (labels.float(), "group must hold integer labels"),
+    ):
+        with pytest.raises(BadInputError, match=message):
+            module(poses, group=bad)
+        with pytest.raises(BadInputError, match=message):
+            module.magnitudes(poses, group=bad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_an_empty_batch_costs_nothing(limits, reduction):
+    """A batch filtered down to no poses: a zero loss (the mean of nothing was NaN and turned
+    a whole training loss into NaN), gradients of the right shape."""
+    module = BMCLoss(limits, reduction=reduction)
+    empty = torch.zeros(0, 21, 3, dtype=torch.float64, requires_grad=True)
+    total, terms = module(empty, group=torch.zeros(0, dtype=torch.int64))
+    if reduction == "none":
+        assert total.shape == (0,)
+    else:
+        assert total.item() == 0.0 and all(t.item() == 0.0 for t in terms.values())
+        total.backward()
+        assert empty.grad is not None and empty.grad.shape == (0, 21, 3)
