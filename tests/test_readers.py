@@ -709,3 +709,12 @@ def test_format_dexycb_on_another_kind_of_file_names_the_file(tmp_path, poses) -
     with pytest.raises(BadInputError) as exc:
         open_sources([str(path)], format="dexycb")
     assert str(exc.value) == f"{path}: not a DexYCB labels_*.npz file"
+
+
+def test_open_sources_takes_one_path_or_several_of_str_or_path(tmp_path, poses) -> None:
+    """A bare ``str`` was iterated character by character (``"/…"`` walked the whole file
+    system from ``/``), a ``Path`` failed inside a reader's detection."""
+    path = tmp_path / "hands.npy"
+    np.save(path, poses)
+    for given in (str(path), path, [path], (str(path),)):
+        assert [s.path for s in open_sources(given)] == [str(path)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 
 from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.formats import _io
@@ -175,9 +176,13 @@ def expand_inputs(paths: list[str]) -> list[str]:
 
 
 def open_sources(
-    paths: list[str], options: ReadOptions | None = None, format: str | None = None
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    options: ReadOptions | None = None,
+    format: str | None = None,
 ) -> list[Source]:
     """Open every input (globs expanded, folders resolved) with the named or detected reader.
+
+    ``paths``: one path or a sequence of them (``str`` or ``os.PathLike``).
 
     Opening is cheap: most readers check the file and defer parsing to ``Source.chunks()``,
     so malformed content may raise :class:`BadInputError` while iterating.
@@ -186,10 +191,12 @@ def open_sources(
     resolved) is read once, with a note on its source: counting its poses twice would weigh
     that person double.
     """
+    if isinstance(paths, (str, os.PathLike)):  # one input (a str is no list of characters)
+        paths = [paths]
     opts = options or ReadOptions()
     sources: list[Source] = []
     opened: dict[str, Source] = {}
-    for path in expand_inputs(paths):
+    for path in expand_inputs([os.fspath(p) for p in paths]):
         for reader, item in resolve_input(path, format):
             key = os.path.realpath(item)
             if key in opened:
