@@ -63,14 +63,19 @@ def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
     Minimises ``Σ_j ‖s R p_j + t − g_j‖²`` over scale ``s >= 0``, rotation ``R`` (det +1) and
     translation ``t``. A prediction with all joints at one point gets ``s = 0`` (every joint
-    lands on the centroid of ``gt``); no NaN for finite input.
+    lands on the centroid of ``gt``); no NaN for finite input. A pose with a non-finite
+    coordinate (in ``pred`` or ``gt``) comes out all NaN, as the root alignment leaves it,
+    instead of failing the SVD of the whole batch.
     """
     p, g = _pair(pred, gt)
-    mu_p = p.mean(axis=1, keepdims=True)
-    mu_g = g.mean(axis=1, keepdims=True)
-    pc, gc = p - mu_p, g - mu_g
-    var_p = np.einsum("nij,nij->n", pc, pc)  # Σ ‖p_j − μ_p‖²
-    cov = np.einsum("nji,njk->nik", gc, pc)  # Σ g_j p_jᵀ, (N, 3, 3)
+    with np.errstate(invalid="ignore"):  # (inf − inf in a non-finite pose: NaN, set below)
+        mu_p = p.mean(axis=1, keepdims=True)
+        mu_g = g.mean(axis=1, keepdims=True)
+        pc, gc = p - mu_p, g - mu_g
+        var_p = np.einsum("nij,nij->n", pc, pc)  # Σ ‖p_j − μ_p‖²
+        cov = np.einsum("nji,njk->nik", gc, pc)  # Σ g_j p_jᵀ, (N, 3, 3)
+    finite = np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(var_p)
+    cov = np.where(finite[:, None, None], cov, np.eye(3))
     u, sig, vt = np.linalg.svd(cov)
     d = np.sign(np.linalg.det(u @ vt))
     d = np.where(d == 0, 1.0, d)
@@ -79,7 +84,8 @@ def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     rot = u @ vt  # (N, 3, 3), det +1
     scale = sig.sum(axis=1) / np.where(var_p > 0, var_p, 1.0)
     scale = np.where(var_p > 0, scale, 0.0)
-    return scale[:, None, None] * np.einsum("nik,njk->nji", rot, pc) + mu_g
+    aligned = scale[:, None, None] * np.einsum("nik,njk->nji", rot, pc) + mu_g
+    return np.where(finite[:, None, None], aligned, np.nan)
 
 
 def joint_errors(pred: np.ndarray, gt: np.ndarray, alignment: str = "root") -> np.ndarray:

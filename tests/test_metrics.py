@@ -92,6 +92,18 @@ def test_procrustes_of_a_collapsed_prediction_has_no_nan() -> None:
     np.testing.assert_allclose(aligned, np.broadcast_to(gt.mean(axis=1, keepdims=True), gt.shape))
 
 
+def test_procrustes_of_a_pose_with_nan_is_nan_and_leaves_the_others() -> None:
+    """One non-finite pose made the batch's SVD fail (LinAlgError); now it alone is NaN."""
+    gt = _poses(4)
+    pred = gt * 1.1 + 3.0
+    pred[1, 5, 2] = np.nan
+    gt[3, 0, 0] = np.inf
+    errors = metrics.joint_errors(pred, gt, alignment="procrustes")
+    assert np.isnan(errors[[1, 3]]).all()
+    np.testing.assert_allclose(errors[[0, 2]], 0.0, atol=1e-9)
+    assert np.isnan(metrics.mpjpe(pred, gt, alignment="procrustes"))
+
+
 def test_pck_auc_of_known_errors() -> None:
     errors = np.array([0.0, 25.0, 50.0, 100.0])
     # PCK(t) over 0..50: error 0 counts on the whole range, 25 on half of it, 50 and 100 never
