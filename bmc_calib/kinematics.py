@@ -161,6 +161,8 @@ def compute_features(
     arr = np.asarray(joints)
     if arr.shape[-2:] != (skeleton.NUM_JOINTS, 3):
         raise ValueError(f"joints must have shape (..., 21, 3), got {arr.shape}")
+    if not np.issubdtype(dtype, np.floating):  # (integer storage truncated every feature)
+        raise ValueError(f"dtype must be a floating type, got {np.dtype(dtype).name}")
     flat = arr.reshape(-1, skeleton.NUM_JOINTS, 3)
     out = _empty_features(flat.shape[0], dtype)
     features_into(flat, out, 0, normalization, chunk_size=chunk_size)

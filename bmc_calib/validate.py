@@ -897,7 +897,13 @@ def validate_array(
         labels = np.asarray(group)
         if labels.shape != (arr.shape[0],):
             raise ValueError(f"group must have shape ({arr.shape[0]},), got {labels.shape}")
-        _, ids = np.unique(labels, return_inverse=True)
+        try:
+            _, ids = np.unique(labels, return_inverse=True)
+        except TypeError:  # e.g. None among the labels: nothing to sort them by
+            raise ValueError(
+                f"group labels must be numbers or strings of one kind, got {labels.dtype} "
+                f"values such as {labels.reshape(-1)[:3].tolist()}"
+            ) from None
         ids = ids.reshape(-1)
         lengths, valid = quick_bone_lengths(arr, limits.normalization)
         medians = personal.group_medians(lengths[valid], ids[valid], int(ids.max(initial=-1)) + 1)

@@ -55,6 +55,8 @@ def test_personal_check_catches_a_long_phalanx_inside_the_population_interval(pa
     assert (own.verdict[5:] == validate.PLAUSIBLE).all()
     assert own.personal_poses == 5 and own.personal_item_poses[6] == 5  # bone 6: index_dip
     assert own.personal_item_max[6] == pytest.approx(stretch - 0.15, abs=0.01)
+    with pytest.raises(ValueError, match="group labels must be numbers or strings"):
+        validate.validate_array(bent, packaged, group=np.array([None, 1] * (len(bent) // 2)))
 
 
 def test_personal_groups_keep_people_and_sides_apart(runner, tmp_path) -> None:

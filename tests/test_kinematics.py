@@ -264,3 +264,9 @@ def test_random_garbage_never_produces_nan() -> None:
     for name in ("bone_length", "palm_curvature", "palm_angle", "flexion_abduction"):
         assert np.isfinite(getattr(feats, name)).all()
     assert feats.degenerate.any() and not feats.degenerate.all()
+
+
+def test_features_are_stored_as_floats_only() -> None:
+    with pytest.raises(ValueError, match="dtype must be a floating type, got int32"):
+        compute_features(flat_hand()[None], dtype=np.int32)
+    assert compute_features(flat_hand()[None], dtype=np.float32).bone_length.dtype == np.float32
