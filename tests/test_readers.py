@@ -718,3 +718,21 @@ def test_open_sources_takes_one_path_or_several_of_str_or_path(tmp_path, poses) 
     np.save(path, poses)
     for given in (str(path), path, [path], (str(path),)):
         assert [s.path for s in open_sources(given)] == [str(path)]
+
+
+def test_a_dataset_folder_and_a_file_or_folder_inside_it_are_read_once(tmp_path, poses) -> None:
+    """A dataset folder is one source reading many files: a file or subfolder inside it,
+    given as well (in either order), is read through the folder once, with a note (the
+    path-only check missed this: F-PHAB Subject_1 plus one of its files read 30 poses of 24)."""
+    base = write_fpha(tmp_path, poses)
+    one = base / "Subject_2" / "open_juice_bottle" / "1" / "skeleton.txt"
+    subject = base / "Subject_3"
+    for order in ([str(one), str(base), str(subject)], [str(base), str(subject), str(one)]):
+        sources = open_sources(order)
+        assert [s.path for s in sources] == [str(base)]
+        assert sum(c.joints.shape[0] for c in sources[0].chunks()) == len(poses)
+        assert sorted(sources[0].notes) == sorted(
+            f"{p}: read already through {base}; read once" for p in (one, subject)
+        )
+    # two folders that share no pose file are two sources
+    assert len(open_sources([str(base / "Subject_1"), str(subject)])) == 2

@@ -208,7 +208,24 @@ def open_sources(
             reader.check_options(opts)
             opened[key] = reader.open(item, opts)
             sources.append(opened[key])
-    return sources
+    return _drop_contained(sources)
+
+
+def _drop_contained(sources: list[Source]) -> list[Source]:
+    """``sources`` without those whose files another source reads too (a dataset folder and a
+    file or subfolder inside it): each is dropped with a note on the source that reads it, the
+    one reading the most files (the first of equals)."""
+    reads = [frozenset(os.path.realpath(f) for f in (s.files or [s.path])) for s in sources]
+    kept = []
+    for i, (source, files) in enumerate(zip(sources, reads, strict=True)):
+        holders = [j for j, other in enumerate(reads) if files <= other]
+        keeper = min(holders, key=lambda j: (-len(reads[j]), j))
+        if keeper == i:
+            kept.append(source)
+        else:
+            note = f"{source.path}: read already through {sources[keeper].path}; read once"
+            sources[keeper].notes.append(note)
+    return kept
 
 
 for _reader in (
