@@ -242,6 +242,10 @@ def write_mediapipe(root: Path, poses: np.ndarray) -> Path:
             ],
         },
         {"hand_world_landmarks": [], "handedness": []},  # no hand in this frame
+        # frames without hands as the legacy Solutions API writes them: None
+        {"multi_hand_world_landmarks": None, "multi_handedness": None},
+        None,
+        {},
         {
             "multi_hand_world_landmarks": [{"landmark": lms(mirror(poses[2]))}],
             "multi_handedness": [{"classification": [{"label": "Left", "score": 0.97}]}],

@@ -321,6 +321,8 @@ def _walk_hands(path: str, obj: Any, depth: int = 0) -> Iterator[tuple[list[Any]
         for item in obj:
             yield from _walk_hands(path, item, depth + 1)
         return
+    if obj is None or obj == {}:  # a frame without hands (the Solutions API returns None)
+        return
     if not isinstance(obj, dict):
         raise BadInputError(f"{path}: expected MediaPipe hand objects, found {type(obj).__name__}")
     key = next((k for k in _LANDMARK_KEYS if k in obj), None)
@@ -335,7 +337,7 @@ def _walk_hands(path: str, obj: Any, depth: int = 0) -> Iterator[tuple[list[Any]
         return
     value = obj[key]
     label = next((obj[k] for k in _HANDEDNESS_KEYS if k in obj), None)
-    if isinstance(value, list) and not value:
+    if value is None or (isinstance(value, list) and not value):
         return  # a frame without hands
     if _is_hand_list(value):  # several hands of one frame, labels in the same order
         labels = label if isinstance(label, list) else [label] * len(value)
