@@ -298,6 +298,21 @@ def test_stb_bb_and_sk(tmp_path, poses) -> None:
     assert len(joints) == N
 
 
+@pytest.mark.parametrize("kind", ["BB", "SK"])
+def test_stb_missing_markers_are_dropped_in_both_cameras(tmp_path, poses, kind) -> None:
+    """A joint stored as (0, 0, 0) or (−1, −1, −1) is a missing marker in either file; in the
+    depth camera's SK files the colour transform used to move it off the marker first."""
+    para = stb_hand_para(poses[:6]).transpose(2, 1, 0)  # (N, 21, 3), the file's own layout
+    para[1, 4] = 0.0
+    para[3, 11] = -1.0
+    para[5] = 0.0
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    scipy.io.savemat(folder / f"B1Counting_{kind}.mat", {"handPara": para.transpose(2, 1, 0)})
+    _, _, (src,) = read(folder)
+    assert src.stats.dropped == {"sentinel": 3} and src.stats.frames_kept == 3
+
+
 def test_stb_v73_mat(tmp_path, poses) -> None:
     path = tmp_path / "B3Counting_BB.mat"
     # MATLAB v7.3: HDF5 after a 512-byte MATLAB header; arrays stored transposed

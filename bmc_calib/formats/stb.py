@@ -43,6 +43,7 @@ from bmc_calib.formats.base import (
     SourceStats,
     check_nonempty,
     make_chunk,
+    sentinel_frames,
 )
 
 #: SK depth → colour extrinsics of the STB README: Rodrigues vector and translation (mm).
@@ -254,7 +255,10 @@ class StbReader(Reader):
             joints = load_hand_para(f)
             match = _NAME.search(os.path.basename(f))
             if match and match.group(2).upper() == "SK":
-                joints = sk_depth_to_color(joints)
+                # frames marked missing keep their markers, so that make_chunk drops them as
+                # sentinel (the transform would move (0, 0, 0) somewhere plausible-looking)
+                marked = sentinel_frames(joints)
+                joints = np.where(marked[:, None, None], joints, sk_depth_to_color(joints))
             sequence = match.group(1) if match else os.path.splitext(os.path.basename(f))[0]
             for start in range(0, joints.shape[0], options.chunk_frames):
                 block = joints[start : start + options.chunk_frames]
