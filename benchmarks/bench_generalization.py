@@ -4,7 +4,8 @@ For each person of a folder of per-person files (default ``../shared/data/dexycb
 7 people): fit limits on the other people with default settings (``bmc_calib.fit``), then
 validate the held-out person's real poses against them, and the same poses with each
 impossible edit of :mod:`bmc_calib.edits` (only poses that were plausible before the edit
-count). The personal bone check groups poses by recording (the files' ``sequence`` labels).
+count). The personal bone check groups poses by the reader's labels and the hand: on these
+``.npz`` files, which give the reader no labels, one group per person and hand.
 
     python benchmarks/bench_generalization.py                   # the table, defaults
     python benchmarks/bench_generalization.py --sweep           # + trade-off curve PNG
