@@ -204,6 +204,11 @@ def bundle_report(console: Console, summary: dict[str, Any]) -> None:
     )
     for name in ("content", "attribute"):  # each digest with its own verdict
         console.print(_digest_line(name, summary), soft_wrap=True)
+    if summary.get("ignored"):
+        console.print(
+            f"ignored (added by a newer minor version): {_text(', '.join(summary['ignored']))}",
+            soft_wrap=True,
+        )
     params = ", ".join(f"{k}={v}" for k, v in summary["parameters"].items())
     console.print(f"fit parameters: {_text(params)}")
     console.print(sources_table(summary))

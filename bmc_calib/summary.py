@@ -255,6 +255,8 @@ def bundle_summary(limits: Limits, info: Any) -> dict[str, Any]:
         "digest_ok": bool(info.digest_ok),
         "content_digest_ok": bool(info.content_digest_ok),
         "attribute_digest_ok": bool(info.attribute_digest_ok),
+        # what a newer minor version added and this reader ignored (bundle-format §2.4)
+        "ignored": list(getattr(info, "unknown", ())),
         **limits_summary(limits),
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -510,6 +511,16 @@ def test_newer_minor_version_reads_and_ignores_additions(written: Path, limits: 
     assert info.encoding_version == "1.7" and info.digest_ok
     assert set(info.unknown) == {"/future", "/@hand", "/bone_length/median"}
     read_bundle(written)  # verify=True passes
+    # inspect names what it ignored (bundle-format §2.4: a reader SHOULD say so)
+    from typer.testing import CliRunner
+
+    from bmc_calib.cli import app
+
+    runner = CliRunner()
+    data = json.loads(runner.invoke(app, ["inspect", str(written), "--json"]).stdout)
+    assert set(data["ignored"]) == {"/future", "/@hand", "/bone_length/median"}
+    human = runner.invoke(app, ["inspect", str(written)]).stderr
+    assert "ignored (added by a newer minor version): " in human and "/future" in human
 
 
 def test_malformed_version_is_bad_input(written: Path) -> None:
