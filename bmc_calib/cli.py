@@ -373,6 +373,7 @@ def fit(
             *summary.fit_hints(sources, group_by),
             *summary.glitch_hints(sources, limits, options.glitch_max_deviation),
             *summary.unit_hints(sources, limits),
+            *summary.tolerance_hints(limits),
         ]
         return result
 

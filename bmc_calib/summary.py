@@ -207,6 +207,33 @@ def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
     ]
 
 
+def tolerance_hints(limits: Limits) -> list[str]:
+    """Advice after a fit whose tolerance quantile lies above the default 0.999 (e.g.
+    ``--coverage 1``, whose tolerance quantile defaults to 1: the largest held-out distance)
+    and whose held-out edits are then often missed."""
+    from bmc_calib import edits
+
+    quantile = float(limits.provenance.parameters.get("tolerance_quantile", 0.0) or 0.0)
+    if quantile <= 0.999:
+        return []
+    stats = limits.statistics
+    caught = {
+        kind: float(stats[f"heldout_edit_caught_{kind}_mean"])
+        for kind in edits.EDIT_KINDS
+        if f"heldout_edit_caught_{kind}_mean" in stats
+    }
+    missed = {kind: rate for kind, rate in caught.items() if rate < 0.9}
+    if not missed:
+        return []
+    kind = min(missed, key=missed.__getitem__)
+    return [
+        f"the tolerances are the {quantile:g} quantile of held-out distances, so impossible "
+        f"edits are often let through ({edits.EDIT_LABELS[kind]} caught in "
+        f"{100 * missed[kind]:.0f} % of held-out poses); --tolerance-quantile 0.999 keeps "
+        "these regions with tighter tolerances"
+    ]
+
+
 def unit_hints(sources: Sequence[Any], limits: Limits) -> list[str]:
     """Advice after a fit without normalisation whose inputs are not in one unit."""
     from bmc_calib import diagnose

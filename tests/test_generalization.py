@@ -210,3 +210,27 @@ def test_fit_names_the_layout_when_many_frames_look_like_glitches(runner, tmp_pa
         runner.invoke(app, ["fit", *paths, "-o", str(tmp_path / "y.h5"), "--json"]).stdout
     )
     assert any("--layout ho3d" in h for h in data["hints"])
+
+
+def test_tolerances_above_the_default_quantile_that_miss_edits_get_a_hint(packaged) -> None:
+    """``--coverage 1`` makes the tolerance quantile 1 (the largest held-out distance), and
+    on real data impossible edits then slip through; fit says so and what to pass."""
+    import copy
+
+    from bmc_calib import summary
+
+    assert summary.tolerance_hints(packaged) == []  # the default quantile: no hint
+    loose = copy.deepcopy(packaged)
+    loose.provenance.parameters["tolerance_quantile"] = 1.0
+    assert summary.tolerance_hints(loose) == []  # every edit still caught: no hint
+    loose.statistics["heldout_edit_caught_dip_back_80_mean"] = 0.54
+    (hint,) = summary.tolerance_hints(loose)
+    assert "DIP bent 80° back caught in 54 %" in hint and "--tolerance-quantile 0.999" in hint
+
+
+@pytest.mark.skipif(not DEXYCB.is_dir(), reason="needs the real data in ../shared/data/dexycb")
+def test_coverage_one_on_real_people_hints_at_the_tolerance_quantile(runner, tmp_path) -> None:
+    files = sorted(str(p) for p in DEXYCB.glob("subject_*.npz"))[:6]
+    args = ["fit", *files, "--coverage", "1", "-o", str(tmp_path / "l.h5"), "--json"]
+    hints = json.loads(runner.invoke(app, args).stdout)["hints"]
+    assert any("--tolerance-quantile 0.999" in h for h in hints), hints
