@@ -8,7 +8,8 @@ Rules (also in ``docs/user-guide.md``):
 
 - Inputs must agree on skeleton (name, joint names, parents), normalisation, length unit,
   angle unit and item names; otherwise :class:`BadInputError` naming both files.
-- Intervals: ``[min of the mins, max of the maxes]``; tolerances: the larger, item by item.
+- Intervals: ``[min of the mins, max of the maxes]``; tolerances and the bone lengths'
+  within-person spread (the personal check's allowance): the larger, item by item.
 - Flexion centres: per joint, when every input has the same centre it is kept. Otherwise the
   merged centre lies opposite the widest arc of the flexion circle that no input's hull, exact
   hull or box touches, so every input's regions unwrap contiguously around it (each input's
@@ -167,11 +168,15 @@ def _rdp_epsilon(inputs: Sequence[Limits]) -> float:
 
 # --------------------------------------------------------------------------- intervals
 def _union_interval(intervals: Sequence[Interval]) -> Interval:
+    spreads = [i.within_person for i in intervals if i.within_person is not None]
     return Interval(
         names=tuple(intervals[0].names),
         min=np.min([i.min for i in intervals], axis=0),
         max=np.max([i.max for i in intervals], axis=0),
         tolerance=np.max([i.tolerance for i in intervals], axis=0),
+        # the personal check's allowance widens like a tolerance (dropping it fell back to
+        # the 15 % floor and flagged many more poses than either input)
+        within_person=np.max(spreads, axis=0) if spreads else None,
     )
 
 

@@ -55,6 +55,10 @@ def test_union_semantics(pair) -> None:
         np.testing.assert_array_equal(got.max, np.maximum(x.max, y.max))
         np.testing.assert_array_equal(got.tolerance, np.maximum(x.tolerance, y.tolerance))
     assert merged.bone_length.tolerance[3] == 0.3 and merged.bone_length.tolerance[0] == 0.05
+    # the personal check's allowance widens too (it was dropped: validate fell back to 15 %)
+    spread_a, spread_b = a.bone_length.within_person, b.bone_length.within_person
+    assert spread_a is not None and spread_b is not None
+    np.testing.assert_array_equal(merged.bone_length.within_person, np.maximum(spread_a, spread_b))
     ja = merged.joint_angle
     np.testing.assert_array_equal(ja.tolerance, np.maximum(a.joint_angle.tolerance, 0.01))
     np.testing.assert_array_equal(
