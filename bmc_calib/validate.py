@@ -625,8 +625,7 @@ class _FrameStream:
             if nxt is None:
                 raise BadInputError(
                     f"{self.label}: the ground truth ends after {self.taken + self.buffered} "
-                    "frames but the inputs have more; --gt needs one frame per input frame, "
-                    "in the same order"
+                    f"frames but the inputs have more; {GT_RULE}"
                 )
             self.buffer.append(nxt)
             self.buffered += nxt.shape[0]
@@ -642,8 +641,16 @@ class _FrameStream:
         if extra:
             raise BadInputError(
                 f"{self.label}: the ground truth has {self.taken + extra} frames but the inputs "
-                f"{self.taken}; --gt needs one frame per input frame, in the same order"
+                f"{self.taken}; {GT_RULE}"
             )
+
+
+#: the end of every frame-count mismatch between the inputs and ``--gt``: files after one
+#: ``--gt`` are inputs (the option takes one value; ``--gt a b`` makes ``b`` an input)
+GT_RULE = (
+    "--gt needs one frame per input frame, in the same order (several ground-truth files: "
+    "one --gt each, --gt a.npy --gt b.npy)"
+)
 
 
 def _check_lengths(sources: Sequence[Source], limits: Limits, unit: str | None) -> None:
@@ -870,7 +877,7 @@ def _check_frame_totals(sources: Sequence[Source], gt: Sequence[Source]) -> None
     if n_inputs != n_truth:
         raise BadInputError(
             f"{', '.join(s.path for s in gt)}: the ground truth has {n_truth} frames but the "
-            f"inputs {n_inputs}; --gt needs one frame per input frame, in the same order"
+            f"inputs {n_inputs}; {GT_RULE}"
         )
 
 

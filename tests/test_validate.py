@@ -633,6 +633,7 @@ def test_accuracy_against_ground_truth(runner, files, tmp_path) -> None:
     bad = ["validate", str(pred_path), "--gt", str(short), "--unit", "mm", "--report", str(report)]
     result = runner.invoke(app, bad)
     assert result.exit_code == 3 and "30 frames" in result.stderr
+    assert "one --gt each, --gt a.npy --gt b.npy" in result.stderr  # (--gt a b: b is an input)
     assert not report.exists()
     assert sorted(os.listdir(tmp_path)) == ["gt.npy", "pred.npy", "short.npy"]
 
