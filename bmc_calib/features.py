@@ -23,6 +23,7 @@ import numpy as np
 from bmc_calib import skeleton
 from bmc_calib.errors import UsageError
 from bmc_calib.formats import Source
+from bmc_calib.formats.base import Chunk
 from bmc_calib.kinematics import DEGENERATE_REASONS, Features, compute_features, concatenate
 from bmc_calib.outputs import atomic_path
 
@@ -37,6 +38,15 @@ class PoseFeatures:
     normalization: str = "reference-bone"
 
 
+def chunk_frames(chunk: Chunk, start: int) -> np.ndarray:
+    """``(n,)`` frame numbers of a chunk's poses: their records' indices within the source
+    (frames dropped while reading, e.g. by ``--side``, keep their numbers), or ``start …``
+    when the reader gave none."""
+    if chunk.rows is not None:
+        return np.asarray(chunk.rows, dtype=np.int64)
+    return np.arange(start, start + chunk.joints.shape[0], dtype=np.int64)
+
+
 def iter_pose_features(
     sources: Sequence[Source], normalization: str = "reference-bone"
 ) -> Iterator[PoseFeatures]:
@@ -46,13 +56,14 @@ def iter_pose_features(
         start = 0
         for chunk in src.chunks():
             n = chunk.joints.shape[0]
+            frames = chunk_frames(chunk, start)
             yield PoseFeatures(
                 compute_features(chunk.joints, normalization),
                 np.full(n, src.path, dtype=object),
-                np.arange(start, start + n, dtype=np.int64),
+                frames,
                 normalization,
             )
-            start += n
+            start = int(frames[-1]) + 1 if n else start
 
 
 def pose_features(sources: Sequence[Source], normalization: str = "reference-bone") -> PoseFeatures:

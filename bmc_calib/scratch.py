@@ -93,6 +93,8 @@ class ChunkTape:
         self.fh = open(self.file, "wb")
         self.meta: list[tuple[int, np.dtype]] = []
         self.size = 0
+        #: what a caller keeps beside each chunk, in memory (validate: its frame numbers)
+        self.rows: list[object] = []
 
     def append(self, joints: np.ndarray, ids: np.ndarray, mirrored: np.ndarray) -> None:
         parts = (

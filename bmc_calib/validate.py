@@ -147,6 +147,9 @@ class Block:
     severity: np.ndarray
     worst_item: np.ndarray
     errors: np.ndarray | None = None
+    #: ``(n,)`` frame numbers when the poses are not consecutive frames (frames were dropped
+    #: while reading, e.g. by ``--side``); None: ``first_frame …``
+    frame_numbers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.verdict.shape[0])
@@ -154,6 +157,8 @@ class Block:
     @property
     def frames(self) -> np.ndarray:
         """Frame index of each pose within its source, ``(n,)``."""
+        if self.frame_numbers is not None:
+            return self.frame_numbers
         return self.first_frame + np.arange(len(self), dtype=np.int64)
 
     def family_max(self) -> tuple[np.ndarray, np.ndarray]:
@@ -296,13 +301,14 @@ class Validator:
         self,
         joints: np.ndarray,
         source: int = 0,
-        first_frame: int = 0,
+        first_frame: int | np.ndarray = 0,
         *,
         gt: np.ndarray | None = None,
         mm_per_unit: float = 1.0,
         reference: np.ndarray | None = None,
     ) -> Block:
-        """Validate ``(n, 21, 3)`` poses (frames ``first_frame …`` of source ``source``).
+        """Validate ``(n, 21, 3)`` poses (frames ``first_frame …`` of source ``source``, or
+        the ``(n,)`` frame numbers ``first_frame``).
 
         ``gt`` ``(n, 21, 3)`` ground truth in mm (only with ``accuracy=True``);
         ``mm_per_unit`` converts ``joints`` to mm for the accuracy figures; ``reference``
@@ -351,8 +357,14 @@ class Validator:
         if n:
             np.maximum(self.item_max, mags.max(axis=0), out=self.item_max)
         self.verdicts.append(verdict)
-        self._keep_worst(joints, source, first_frame, severity, worst_item, exc, mags)
-        self._keep_degenerate(source, first_frame, features.degenerate_reason)
+        numbered = np.ndim(first_frame) > 0
+        frames = (
+            np.asarray(first_frame, dtype=np.int64)
+            if numbered
+            else int(first_frame) + np.arange(n, dtype=np.int64)
+        )
+        self._keep_worst(joints, source, frames, severity, worst_item, exc, mags)
+        self._keep_degenerate(source, frames, features.degenerate_reason)
 
         errors = None
         if self.accuracy is not None:
@@ -362,7 +374,8 @@ class Validator:
             errors = self.accuracy.add(pred_mm, gt, verdict)
         return Block(
             source=source,
-            first_frame=first_frame,
+            first_frame=int(frames[0]) if n else (0 if numbered else int(first_frame)),
+            frame_numbers=frames if numbered else None,
             verdict=verdict,
             degenerate_reason=features.degenerate_reason,
             magnitudes=mags,
@@ -376,7 +389,7 @@ class Validator:
         self,
         joints: np.ndarray,
         source: int,
-        first_frame: int,
+        frames: np.ndarray,
         severity: np.ndarray,
         worst_item: np.ndarray,
         exc: np.ndarray,
@@ -391,7 +404,7 @@ class Validator:
         item = worst_item[rows]
         sev = np.concatenate((self.top_severity, severity[rows]))
         src = np.concatenate((self.top_source, np.full(rows.size, source, np.int64)))
-        frame = np.concatenate((self.top_frame, first_frame + rows))
+        frame = np.concatenate((self.top_frame, frames[rows]))
         order = np.lexsort((frame, src, -sev))[:k]
         self.top_severity = sev[order]
         self.top_source = src[order]
@@ -402,13 +415,13 @@ class Validator:
         new_joints = np.asarray(joints[rows], dtype=np.float64).reshape(-1, skeleton.NUM_JOINTS, 3)
         self.top_joints = np.concatenate((self.top_joints, new_joints))[order]
 
-    def _keep_degenerate(self, source: int, first_frame: int, reason: np.ndarray) -> None:
+    def _keep_degenerate(self, source: int, frames: np.ndarray, reason: np.ndarray) -> None:
         room = self.worst - len(self.degenerate_examples)
         if room <= 0:
             return
         rows = np.flatnonzero(reason)[:room]
         self.degenerate_examples += [
-            (source, first_frame + int(r), int(reason[r])) for r in rows.tolist()
+            (source, int(frames[r]), int(reason[r])) for r in rows.tolist()
         ]
 
     def result(self) -> Validation:
@@ -717,6 +730,7 @@ def _personal_medians(
             chunk_ids = groups.ids(i, chunk)
             if tape is not None:
                 tape.append(chunk.joints, chunk_ids, np.zeros(n, np.uint8))
+                tape.rows.append(_compact_rows(chunk.rows))
             pick = np.arange((-start) % step, n, step)
             length, valid = quick_bone_lengths(chunk.joints[pick], normalization)
             lengths.append(length[valid])
@@ -733,17 +747,28 @@ def _personal_medians(
     return medians, tapes
 
 
+def _compact_rows(rows: np.ndarray | None) -> np.ndarray | int | None:
+    """A chunk's frame numbers as kept beside a tape: the first one when they run without
+    a gap (the usual case: 8 bytes a chunk instead of 8 a pose)."""
+    if rows is None or rows.size == 0 or int(rows[-1]) - int(rows[0]) + 1 != rows.size:
+        return rows
+    return int(rows[0])
+
+
 def _second_pass(
     i: int, src: Source, tape: ChunkTape | None, groups: _PersonalGroups | None
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """``(joints, personal group ids or None)`` per chunk: replayed, or read again."""
+) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """``(joints, personal group ids or None, frame numbers or None)`` per chunk: replayed,
+    or read again."""
     if tape is not None:
-        for joints, ids, _ in tape.replay():
-            yield joints, ids
+        for (joints, ids, _), rows in zip(tape.replay(), tape.rows, strict=True):
+            if isinstance(rows, int):
+                rows = rows + np.arange(joints.shape[0], dtype=np.int64)
+            yield joints, ids, rows
         tape.remove()
         return
     for chunk in src.chunks():
-        yield chunk.joints, None if groups is None else groups.ids(i, chunk)
+        yield chunk.joints, None if groups is None else groups.ids(i, chunk), chunk.rows
 
 
 def validate_sources(
@@ -830,7 +855,7 @@ def _validate_pass(
         done = 0
         for i, src in enumerate(sources):
             frame = 0
-            for chunk_joints, ids in _second_pass(i, src, tapes[i], groups):
+            for chunk_joints, ids, rows in _second_pass(i, src, tapes[i], groups):
                 ref = None
                 if ids is not None and medians is not None:
                     ref = medians[ids]
@@ -838,13 +863,15 @@ def _validate_pass(
                     joints = chunk_joints[start : start + step]
                     n = joints.shape[0]
                     truth = stream.take(n) if stream is not None else None
+                    # the records' own numbers: frames dropped while reading keep theirs
+                    numbers = frame if rows is None else rows[start : start + step]
                     block = validator.add(
-                        joints, i, frame, gt=truth, mm_per_unit=pred_mm[i],
+                        joints, i, numbers, gt=truth, mm_per_unit=pred_mm[i],
                         reference=None if ref is None else ref[start : start + step],
                     )  # fmt: skip
                     if writer is not None:
                         writer.write(block)
-                    frame += n
+                    frame = int(block.frames[-1]) + 1 if n else frame
                     done += n
                 report_progress("validating", done, total)
         if stream is not None:

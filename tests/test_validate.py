@@ -676,3 +676,38 @@ def test_unit_checks(limits) -> None:
         validate._mm_factor(source("m"), "mm")
     with pytest.raises(UsageError, match="--unit must be one of"):
         validate._mm_factor(source("unknown"), "inch")
+
+
+@pytest.mark.parametrize("container", ["npz", "json"])
+@pytest.mark.parametrize("group_by", ["none", "file"])
+def test_frame_numbers_are_the_files_rows_when_frames_are_dropped(
+    runner, tmp_path, container, group_by
+) -> None:
+    """``frame`` is the index within the file (docs/validate.md) also when ``--side`` drops
+    the other hands: it counted the kept poses, so the worst pose and the report rows named
+    other poses. JSON records are read once and replayed from scratch disk when the personal
+    check needs two passes; .npz files are read twice: both paths keep the numbers."""
+    subject = synthetic.make_subjects(1, seed=5)[0]
+    hands = synthetic.generate(subject, 60, seed=6, glitch_fraction=0.0).joints
+    left = np.arange(60) % 3 == 0
+    poses = np.where(left[:, None, None], skeleton.mirror(hands), hands)
+    poses[41, 8] = poses[7, 8] * 3.0  # row 41, a right hand, made implausible
+    if container == "npz":
+        path = tmp_path / "hands.npz"
+        np.savez(path, joints=poses, is_left=left)
+    else:
+        path = tmp_path / "hands.json"
+        records = [{"joints_3d": p.tolist(), "hand": "left" if lf else "right"}
+                   for p, lf in zip(poses, left, strict=True)]  # fmt: skip
+        path.write_text(json.dumps(records))
+    report = tmp_path / "report.csv"
+    args = ["validate", str(path), "--side", "right", "--group-by", group_by, "--limits",
+            "default", "--report", str(report), "--json", "--worst", "1"]  # fmt: skip
+    data = json.loads(runner.invoke(app, args).stdout)
+    assert data["worst_poses"][0]["frame"] == 41
+    with open(report, newline="") as fh:
+        frames = [int(row["frame"]) for row in csv.DictReader(fh)]
+    assert frames == [i for i in range(60) if not left[i]]
+    out = tmp_path / "features.npz"
+    runner.invoke(app, ["features", str(path), "--side", "right", "-o", str(out)])
+    assert np.load(out)["frame"].tolist() == frames

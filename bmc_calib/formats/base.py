@@ -80,12 +80,16 @@ class Chunk:
 
     ``mirrored`` ``(n,)`` bool marks the frames that were left hands (mirrored to right);
     None means none were. Left and right hands of one person are two hands with their own
-    proportions, so person-level statistics keep them apart.
+    proportions, so person-level statistics keep them apart. ``rows`` ``(n,)`` int64: each
+    pose's index among the source's records as read, dropped ones counted (what ``frame``
+    means in validate's and features' output); None: the chunk follows the previous one
+    without a gap.
     """
 
     joints: np.ndarray
     group: np.ndarray | None = None
     mirrored: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
 
 @dataclass
@@ -363,6 +367,9 @@ def make_chunk(
     """
     joints = np.asarray(joints)
     n = joints.shape[0]
+    # every record read so far was counted in frames_read, kept or dropped: this block's
+    # records are the next n
+    rows = stats.frames_read + np.arange(n, dtype=np.int64)
     if options.hand is not None:
         is_left = options.hand == "left"
     left = np.broadcast_to(np.asarray(is_left, dtype=bool), (n,))
@@ -371,24 +378,28 @@ def make_chunk(
         labels = np.broadcast_to(np.asarray(group, dtype=str), (n,))
     masks = [np.asarray(keep, dtype=bool) for _, keep in checks]
     for i, (reason, _) in enumerate(checks):
-        joints, left, labels, *later = drop_invalid(
-            joints, masks[i], reason, stats, left, labels, *masks[i + 1 :]
+        joints, left, labels, rows, *later = drop_invalid(
+            joints, masks[i], reason, stats, left, labels, rows, *masks[i + 1 :]
         )
         masks[i + 1 :] = later
     if clean:
-        joints, left, labels = drop_invalid(
-            joints, ~sentinel_frames(joints), "sentinel", stats, left, labels
+        joints, left, labels, rows = drop_invalid(
+            joints, ~sentinel_frames(joints), "sentinel", stats, left, labels, rows
         )
         finite = np.isfinite(joints).all(axis=(1, 2))
-        joints, left, labels = drop_invalid(joints, finite, "non_finite", stats, left, labels)
+        joints, left, labels, rows = drop_invalid(
+            joints, finite, "non_finite", stats, left, labels, rows
+        )
     if options.side is not None:
         keep = left if options.side == "left" else ~left
-        joints, left, labels = drop_invalid(joints, keep, "other_side", stats, left, labels)
+        joints, left, labels, rows = drop_invalid(
+            joints, keep, "other_side", stats, left, labels, rows
+        )
     if joints.shape[0] == 0:
         return None
     canon = to_right_hands(joints, layout, left, stats)
     mirrored = np.array(left) if left.any() else None
-    return Chunk(canon, None if labels is None else np.array(labels), mirrored)
+    return Chunk(canon, None if labels is None else np.array(labels), mirrored, np.array(rows))
 
 
 class Pending:
