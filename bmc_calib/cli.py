@@ -390,6 +390,19 @@ def fit(
         _print_lines("hint", result["hints"])
 
 
+@contextlib.contextmanager
+def _bundle_file(path: Path) -> Iterator[Path]:
+    """A BUNDLE argument: ``path``, or the packaged bundle for the name ``default`` when no
+    such file exists (as ``validate --limits default``)."""
+    if str(path) != "default" or path.exists():
+        yield path
+        return
+    from bmc_calib import default_bundle
+
+    with default_bundle.packaged_path() as packaged:
+        yield Path(packaged)
+
+
 @app.command()
 def inspect(
     path: Annotated[
@@ -405,13 +418,8 @@ def inspect(
     as_json: Json = False,
 ) -> None:
     """Show what a bundle holds, where it came from, and whether it is intact."""
-    if str(path) == "default" and not path.exists():  # as validate's --limits default
-        from bmc_calib import default_bundle
-
-        with default_bundle.packaged_path() as packaged:
-            limits, info = bundle.inspect_bundle(packaged)
-    else:
-        limits, info = bundle.inspect_bundle(path)
+    with _bundle_file(path) as bundle_path:
+        limits, info = bundle.inspect_bundle(bundle_path)
     problem = info.problem()
     if verify and problem is not None and not as_json:  # the verdict before any rendering
         _error_line(problem)
@@ -471,7 +479,9 @@ def features(
 
 @app.command()
 def plot(
-    path: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle to draw.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="Bundle to draw, or 'default' (packaged).")
+    ],
     more_poses: Annotated[
         list[str] | None,
         typer.Argument(
@@ -510,7 +520,8 @@ def plot(
 
     def run() -> Any:
         plotting.check_outputs(output, force)
-        limits = bundle.read_bundle(path)
+        with _bundle_file(path) as bundle_path:
+            limits = bundle.read_bundle(bundle_path)
         features = None
         title = path.name
         if pose_files:
@@ -558,7 +569,9 @@ def merge(
 
 @app.command()
 def export(
-    path: Annotated[Path, typer.Argument(metavar="BUNDLE", help="Bundle to export.")],
+    path: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="Bundle to export, or 'default' (packaged).")
+    ],
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder to write.")],
     to: Annotated[
         str, typer.Option("--to", help="Target format: hand-bmc (Hand-BMC-pytorch .npy files).")
@@ -572,7 +585,9 @@ def export(
 
     def run() -> list[str]:
         interop.check_format(to)
-        return interop.export_hand_bmc(bundle.read_bundle(path), directory, force=force)
+        with _bundle_file(path) as bundle_path:
+            limits = bundle.read_bundle(bundle_path)
+        return interop.export_hand_bmc(limits, directory, force=force)
 
     warnings = run()
     _print_warnings(warnings)

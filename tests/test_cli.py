@@ -254,3 +254,7 @@ def test_inspect_default_shows_the_packaged_bundle(runner, tmp_path, monkeypatch
     (tmp_path / "default").write_bytes(b"not a bundle")
     result = runner.invoke(app, ["inspect", "default"])
     assert result.exit_code == 3 and "default" in result.stderr
+    (tmp_path / "default").unlink()  # export (and plot) take the name too
+    exported = runner.invoke(app, ["export", "default", "--to", "hand-bmc", "hb"])
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "hb" / "CONVEX_HULLS.npy").exists()
