@@ -374,6 +374,7 @@ def fit(
             *summary.glitch_hints(sources, limits, options.glitch_max_deviation),
             *summary.unit_hints(sources, limits),
             *summary.tolerance_hints(limits),
+            *summary.group_hints(limits),
         ]
         return result
 

@@ -207,6 +207,53 @@ def fit_hints(sources: Sequence[Any], group_by: str) -> list[str]:
     ]
 
 
+#: a group with fewer used frames than this share of the median group's, and fewer than
+#: SMALL_GROUP_FRAMES, narrows the consensus regions to what its few poses reach
+SMALL_GROUP_SHARE = 0.05
+SMALL_GROUP_FRAMES = 200
+
+
+def group_hints(limits: Limits) -> list[str]:
+    """Advice after a fit whose groups cannot give usable regions: two groups (the regions are
+    their intersection, with no held-out tolerance), a group of a handful of poses beside
+    large ones (it narrows every region to what those poses reach), or inputs with identical
+    contents (copies count as separate people; the held-out figures then hold a copy of the
+    held-out person in the training folds)."""
+    out = []
+    stats = limits.statistics
+    names = [str(n) for n in np.asarray(stats.get("groups", []), dtype=object).tolist()]
+    used = np.asarray(stats.get("group_frames_used", []), dtype=np.int64)
+    if len(names) == 2:
+        out.append(
+            "2 groups: each joint-angle region keeps only what both reach and has no held-out "
+            "tolerance, so many correct poses will be flagged; fit 3 or more people, or pool "
+            "them with --group-by none"
+        )
+    if len(used) >= 2 and len(used) == len(names):
+        typical = float(np.median(used))
+        small = [
+            f"{name} ({count} poses)"
+            for name, count in zip(names, used.tolist(), strict=True)
+            if count < SMALL_GROUP_FRAMES and count < SMALL_GROUP_SHARE * typical
+        ]
+        if small:
+            out.append(
+                f"group(s) {', '.join(small[:3])} hold few poses beside the others (median "
+                f"{typical:.0f}): the regions keep only what every group reaches, so these "
+                "few poses narrow them; leave such groups out or join them to another"
+            )
+    digests: dict[str, str] = {}
+    for source in limits.provenance.sources:
+        first = digests.setdefault(source.sha256, source.path)
+        if first != source.path:
+            out.append(
+                f"{source.path} has the same contents as {first}: copies count as separate "
+                "people, which widens the limits and makes the held-out figures meaningless"
+            )
+            break
+    return out
+
+
 def tolerance_hints(limits: Limits) -> list[str]:
     """Advice after a fit whose tolerance quantile lies above the default 0.999 (e.g.
     ``--coverage 1``, whose tolerance quantile defaults to 1: the largest held-out distance)

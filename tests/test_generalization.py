@@ -234,3 +234,30 @@ def test_coverage_one_on_real_people_hints_at_the_tolerance_quantile(runner, tmp
     args = ["fit", *files, "--coverage", "1", "-o", str(tmp_path / "l.h5"), "--json"]
     hints = json.loads(runner.invoke(app, args).stdout)["hints"]
     assert any("--tolerance-quantile 0.999" in h for h in hints), hints
+
+
+def test_groups_that_cannot_give_usable_regions_get_a_hint(packaged) -> None:
+    """Two groups (regions = their intersection, no tolerance: 36 % of the fit's own real
+    poses flagged), a 3-pose group beside thousands (99.97 % flagged), byte-identical copies
+    (held-out figures with the held-out person still in the training folds): fit says so."""
+    import copy
+
+    from bmc_calib import summary
+    from bmc_calib.limits import SourceRecord
+
+    assert summary.group_hints(packaged) == []  # 7 people of similar size: no hint
+    two = copy.deepcopy(packaged)
+    two.statistics["groups"] = np.asarray(["a.npz", "b.npz"], dtype=object)
+    two.statistics["group_frames_used"] = np.asarray([5000, 6000])
+    (hint,) = summary.group_hints(two)
+    assert hint.startswith("2 groups: each joint-angle region keeps only what both reach")
+    small = copy.deepcopy(packaged)
+    small.statistics["groups"] = np.asarray(["a", "b", "tiny"], dtype=object)
+    small.statistics["group_frames_used"] = np.asarray([5000, 6000, 3])
+    (hint,) = summary.group_hints(small)
+    assert "tiny (3 poses) hold few poses beside the others (median 5000)" in hint
+    copies = copy.deepcopy(packaged)
+    first = copies.provenance.sources[0]
+    copies.provenance.sources.append(SourceRecord("copy.npz", first.format, first.sha256, 1, 1, 0))
+    (hint,) = summary.group_hints(copies)
+    assert hint.startswith(f"copy.npz has the same contents as {first.path}: copies count")
