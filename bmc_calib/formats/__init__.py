@@ -216,9 +216,14 @@ def _drop_contained(sources: list[Source]) -> list[Source]:
     file or subfolder inside it): each is dropped with a note on the source that reads it, the
     one reading the most files (the first of equals)."""
     reads = [frozenset(os.path.realpath(f) for f in (s.files or [s.path])) for s in sources]
+    readers_of: dict[str, list[int]] = {}  # file → the sources reading it (linear, not S²)
+    for j, files in enumerate(reads):
+        for f in files:
+            readers_of.setdefault(f, []).append(j)
     kept = []
     for i, (source, files) in enumerate(zip(sources, reads, strict=True)):
-        holders = [j for j, other in enumerate(reads) if files <= other]
+        candidates = readers_of[next(iter(files))]  # a holder reads each of its files
+        holders = [j for j in candidates if files <= reads[j]]
         keeper = min(holders, key=lambda j: (-len(reads[j]), j))
         if keeper == i:
             kept.append(source)
