@@ -60,6 +60,7 @@ from bmc_calib.errors import BadInputError, UsageError
 from bmc_calib.limits import Limits
 from bmc_calib.torch_chain import (
     FEATURE_ROWS,
+    FusedSaved,
     Rotation,
     Saved,
     accelerator_path,
@@ -200,16 +201,24 @@ def compute_features(
     )
 
 
-def _flatten(saved: Saved) -> list[torch.Tensor | None]:
-    """:class:`bmc_calib.torch_chain.Saved` as a flat list, for ``save_for_backward``."""
-    flat: list[torch.Tensor | None] = []
-    for item in saved:
-        flat.extend(item if isinstance(item, Rotation) else (item,))
-    return flat
+def _save(ctx, saved: Saved | FusedSaved, *first: torch.Tensor | None) -> None:
+    """``save_for_backward`` of ``first``, then of the chain's ``saved`` (flattened)."""
+    flat: list[torch.Tensor | None] = list(first)
+    if isinstance(saved, FusedSaved):
+        ctx.fused_reference_bone = saved.reference_bone
+        flat.extend(saved[:3])
+    else:
+        ctx.fused_reference_bone = None
+        for item in saved:
+            flat.extend(item if isinstance(item, Rotation) else (item,))
+    ctx.save_for_backward(*flat)
 
 
-def _restore(ctx, skip: int = 0) -> Saved:
+def _restore(ctx, skip: int = 0) -> Saved | FusedSaved:
+    """The chain's saved values of :func:`_save`, after the ``skip`` first tensors."""
     flat = list(ctx.saved_tensors[skip:])
+    if ctx.fused_reference_bone is not None:
+        return FusedSaved(*flat, ctx.fused_reference_bone)
     items = []
     for field in Saved._fields:
         if field in ("rot0", "rot1"):
@@ -243,7 +252,7 @@ class _Features(torch.autograd.Function):
     @staticmethod
     def forward(ctx, joints, sign, normalization):
         features, keep, saved = chain_forward(joints, sign, normalization)
-        ctx.save_for_backward(*_flatten(saved))
+        _save(ctx, saved)
         ctx.mark_non_differentiable(keep)
         return features, keep
 
@@ -642,7 +651,7 @@ class _Magnitudes(torch.autograd.Function):
         slopes[43:].mul_(active[28:])
         ctx.extra = 1 if factor is not None else 0
         extra = [factor] if factor is not None else []
-        ctx.save_for_backward(slopes, feature_rows, feature_weight, *extra, *_flatten(saved))
+        _save(ctx, saved, slopes, feature_rows, feature_weight, *extra)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(keep)
         return features, magnitudes, terms, keep

@@ -4,9 +4,18 @@
 degenerate test of §4.7 for a batch of poses; :func:`chain_backward` maps a gradient with
 respect to those features back to the joints. :mod:`bmc_calib.torch` wraps both in one
 ``torch.autograd.Function``: a forward and backward pass of the loss is then about 250
-ATen kernels on an accelerator and 270 on the CPU (about 190 of them in this module) instead
-of the ~1,100 autograd replays of the same arithmetic (DESIGN §9, issue "BMCLoss ready for
-real training loops").
+ATen kernels on an accelerator (about 190 of them in this module) instead of the ~1,100
+autograd replays of the same arithmetic (DESIGN §9, issue "BMCLoss ready for real training
+loops").
+
+Eager CPU tensors take the same chain fused in C instead (:func:`fused_path`): the
+extension :mod:`bmc_calib._fused_chain` (``_fused_chain.c``, built at install where a C
+compiler is) computes each pose's features, and in the backward recomputes its intermediates
+and runs this module's backward, in one pass over the poses, four poses per vector and on
+PyTorch's own threads. It is the operator pair ``bmc_calib::fused_chain_forward`` /
+``fused_chain_backward``: a loss step is then ~60 kernels on the CPU. Without the extension,
+compiled, and on accelerators, the ATen formulation below runs; tests run both and check
+them against each other.
 
 Conventions (once for the module):
 
@@ -41,6 +50,7 @@ cost several times a multiplication, and so do bool tensors (:func:`comparison_m
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -48,6 +58,11 @@ import numpy as np
 import torch
 
 from bmc_calib import kinematics, skeleton
+
+try:  # the compiled C extension (built at install where a C compiler is present)
+    from bmc_calib import _fused_chain
+except ImportError:  # pragma: no cover - a build without it takes the ATen formulation
+    _fused_chain = None
 
 try:  # torch >= 2.3
     from torch.compiler import is_compiling as _is_compiling
@@ -236,6 +251,49 @@ def transposed(a: torch.Tensor) -> torch.Tensor:
     """``(R, C) -> (C, R)``, contiguous (:func:`_transposed_copy`; compiled, through the
     opaque :func:`_transposed_copy_op`)."""
     return _transposed_copy_op(a) if _is_compiling() else _transposed_copy(a)
+
+
+#: Whether CPU tensors take the fused C chain when it is built (:func:`fused_path`). The
+#: environment variable ``BMC_CALIB_FUSED=0`` switches it off (to measure or debug the ATen
+#: formulation); tests set it to run both.
+USE_FUSED = os.environ.get("BMC_CALIB_FUSED", "1") != "0"
+
+
+def _openmp_runtime() -> str | None:
+    """The GNU OpenMP library this process has loaded (PyTorch's), from ``/proc/self/maps``
+    (Linux), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libgomp") and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+if _fused_chain is not None and (_runtime := _openmp_runtime()) is not None:
+    _fused_chain.use_openmp(_runtime)  # the C chain runs on PyTorch's own threads
+
+
+def fused_available() -> bool:
+    """Whether the fused C chain (:mod:`bmc_calib._fused_chain`) was built and imports."""
+    return _fused_chain is not None
+
+
+def fused_path(tensor: torch.Tensor) -> bool:
+    """Whether the chain of ``tensor`` runs in the fused C extension: eager CPU float32 or
+    float64 tensors, when it is built and :data:`USE_FUSED` is set (and the accelerator
+    formulation is not forced, see :func:`accelerator_path`)."""
+    return (
+        USE_FUSED
+        and _fused_chain is not None
+        and tensor.device.type == "cpu"
+        and tensor.dtype in (torch.float32, torch.float64)
+        and not accelerator_path(tensor)
+        and not _is_compiling()
+    )
 
 
 def accelerator_path(tensor: torch.Tensor) -> bool:
@@ -461,12 +519,111 @@ class Saved(NamedTuple):
     angle_c_sq: torch.Tensor  # (3, 5, N): ‖c‖²
 
 
+class FusedSaved(NamedTuple):
+    """What :func:`chain_backward` needs from the fused C chain, which recomputes the rest."""
+
+    joints: torch.Tensor  # (N, 21, 3), contiguous
+    sign: torch.Tensor | None  # (N,) ±1, contiguous
+    keep: torch.Tensor  # (N,) 1.0, or 0.0 for a degenerate pose
+    reference_bone: bool  # normalisation "reference-bone" (else "none")
+
+
+_FUSED_CONSTANTS = (
+    skeleton.REFERENCE_JOINTS[1],
+    kinematics.ZERO_LENGTH,
+    kinematics.ALIGNED,
+    kinematics.COORDINATE_LIMIT,
+)
+
+
+def _check_fused_inputs(joints: torch.Tensor, *others: torch.Tensor | None) -> None:
+    """The C chain reads raw memory: refuse what it would misread (one clear error)."""
+    if joints.dim() != 3 or tuple(joints.shape[1:]) != (21, 3):
+        raise ValueError(f"joints must have shape (N, 21, 3), got {tuple(joints.shape)}")
+    for tensor in (joints, *others):
+        if tensor is not None and (tensor.dtype != joints.dtype or not tensor.is_contiguous()):
+            raise ValueError("the fused chain needs contiguous tensors of the joints' dtype")
+    if joints.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the fused chain computes float32 or float64, got {joints.dtype}")
+
+
+@torch.library.custom_op("bmc_calib::fused_chain_forward", mutates_args=(), device_types="cpu")
+def _fused_chain_forward(
+    joints: torch.Tensor, sign: torch.Tensor | None, reference_bone: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(58, N)`` and ``keep`` ``(N,)`` bool of contiguous CPU joints ``(N, 21, 3)``
+    (float32 or float64; ``sign`` ``(N,)`` of the same dtype, or None) by the fused C chain.
+    An operator, so that dispatch modes, fake tensors and tracing see one op with its shapes
+    instead of a raw pointer call."""
+    _check_fused_inputs(joints, sign)
+    if sign is not None and tuple(sign.shape) != (joints.shape[0],):
+        raise ValueError(f"sign must have shape (N,), got {tuple(sign.shape)}")
+    n = joints.shape[0]
+    features = joints.new_empty(NUM_FEATURES, n)
+    keep = torch.empty(n, dtype=torch.bool)
+    _fused_chain.forward(
+        joints.data_ptr(), 0 if sign is None else sign.data_ptr(), features.data_ptr(),
+        keep.data_ptr(), n, int(joints.dtype == torch.float64), int(reference_bone),
+        torch.get_num_threads(), *_FUSED_CONSTANTS,
+    )  # fmt: skip
+    return features, keep
+
+
+@_fused_chain_forward.register_fake
+def _(joints, sign, reference_bone):
+    n = joints.shape[0]
+    return joints.new_empty(NUM_FEATURES, n), joints.new_empty(n, dtype=torch.bool)
+
+
+@torch.library.custom_op("bmc_calib::fused_chain_backward", mutates_args=(), device_types="cpu")
+def _fused_chain_backward(
+    joints: torch.Tensor, sign: torch.Tensor | None, grad: torch.Tensor, reference_bone: bool
+) -> torch.Tensor:
+    """The joints' gradient ``(N, 21, 3)`` for the features' gradient ``grad`` ``(58, N)`` (the
+    joints' dtype, contiguous) by the fused C chain, which recomputes the forward's
+    intermediates."""
+    _check_fused_inputs(joints, sign, grad)
+    if tuple(grad.shape) != (NUM_FEATURES, joints.shape[0]):
+        raise ValueError(f"grad must have shape (58, N), got {tuple(grad.shape)}")
+    out = torch.empty_like(joints)
+    _fused_chain.backward(
+        joints.data_ptr(), 0 if sign is None else sign.data_ptr(), grad.data_ptr(),
+        out.data_ptr(), joints.shape[0], int(joints.dtype == torch.float64),
+        int(reference_bone), torch.get_num_threads(), *_FUSED_CONSTANTS,
+    )  # fmt: skip
+    return out
+
+
+@_fused_chain_backward.register_fake
+def _(joints, sign, grad, reference_bone):
+    return torch.empty_like(joints)
+
+
+def _fused_forward(
+    joints: torch.Tensor, sign: torch.Tensor | None, normalization: str
+) -> tuple[torch.Tensor, torch.Tensor, FusedSaved]:
+    """:func:`chain_forward` in the fused C extension (:func:`fused_path`)."""
+    joints = joints.contiguous()
+    sign = None if sign is None else sign.contiguous()
+    reference_bone = normalization == "reference-bone"
+    features, keep = _fused_chain_forward(joints, sign, reference_bone)
+    return features, keep, FusedSaved(joints, sign, keep.to(joints.dtype), reference_bone)
+
+
+def _fused_backward(saved: FusedSaved, grad: torch.Tensor) -> torch.Tensor:
+    """:func:`chain_backward` in the fused C extension."""
+    grad = grad.to(saved.joints.dtype).contiguous()
+    return _fused_chain_backward(saved.joints, saved.sign, grad, saved.reference_bone)
+
+
 def chain_forward(
     joints: torch.Tensor, sign: torch.Tensor | None, normalization: str
-) -> tuple[torch.Tensor, torch.Tensor, Saved]:
+) -> tuple[torch.Tensor, torch.Tensor, Saved | FusedSaved]:
     """Features ``(58, N)`` (0 for degenerate poses), ``keep`` ``(N,)`` (True = not degenerate)
     and what :func:`chain_backward` needs, for joints ``(N, 21, 3)`` (no autograd)."""
     n = joints.shape[0]
+    if fused_path(joints):
+        return _fused_forward(joints, sign, normalization)
     const = _constants(joints.dtype, joints.device)
     # the poses transposed once (one copy: cheaper than a matrix product doing the same)
     joint = transposed(joints.reshape(n, 63)).view(21, 3, n)
@@ -581,9 +738,11 @@ def chain_forward(
     return features, keep, saved
 
 
-def chain_backward(saved: Saved, grad: torch.Tensor) -> torch.Tensor:
+def chain_backward(saved: Saved | FusedSaved, grad: torch.Tensor) -> torch.Tensor:
     """Gradient ``(N, 21, 3)`` w.r.t. the joints from the gradient ``(58, N)`` w.r.t. the
     features of :func:`chain_forward` (0 for degenerate poses)."""
+    if isinstance(saved, FusedSaved):
+        return _fused_backward(saved, grad)
     s = saved
     n = grad.shape[-1]
     const = _constants(grad.dtype, grad.device)
