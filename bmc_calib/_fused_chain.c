@@ -1,14 +1,16 @@
 /* The feature chain of bmc_calib.torch_chain for CPU tensors, fused: one pass over the poses
  * for the forward and one for the backward, instead of ~190 ATen kernels.
  *
- * Every operation of the chain is per pose, so here each pose is one iteration of a loop:
- * its 63 coordinates are read once, every intermediate lives in a small per-pose struct
- * (double precision whatever the input dtype), and only the 58 features (forward) or the 63
- * joint gradients (backward) are written. The backward recomputes the forward's
- * intermediates of its pose (cheaper than storing and re-reading them) and then runs the
- * same hand-derived backward as bmc_calib.torch_chain.chain_backward, step by step; the
- * Python module documents the geometry, and tests check both implementations against each
- * other and against bmc_calib.kinematics.
+ * Every operation of the chain is per pose, so the poses are taken W = 4 at a time, one per
+ * lane of a vector (GCC/Clang vector extensions): the 63 coordinates of each are read once,
+ * every intermediate lives in a per-lane struct (double precision whatever the input dtype),
+ * and only the 58 features (forward) or the 63 joint gradients (backward) are written. The
+ * backward recomputes the forward's intermediates (cheaper than storing and re-reading
+ * them) and then runs the same hand-derived backward as
+ * bmc_calib.torch_chain.chain_backward, step by step; the Python module documents the
+ * geometry, and tests check both implementations against each other and against
+ * bmc_calib.kinematics. A scalar branch is taken only on what all lanes share (the dtype, the
+ * normalisation); per-pose choices are selects, so a degenerate pose cannot change another.
  *
  * Layouts (row-major, C-contiguous):
  *   joints    (N, 21, 3)  float32 or float64, canonical joint order
@@ -18,11 +20,12 @@
  *   grad      (58, N)     the gradient with respect to the features
  *   out       (N, 21, 3)  the gradient with respect to the joints
  *
- * The 34 atan2 of a pose (4 palm angles, 15 flexions, 15 abductions) are gathered for a block
- * of poses and evaluated in one loop that GCC vectorises with glibc's vector atan2 (libmvec)
- * where available; elsewhere the same loop calls the scalar atan2.
+ * The 34 atan2 of a pose (4 palm angles, 15 flexions, 15 abductions) go through glibc's vector
+ * atan2 (libmvec) on x86-64 with GCC, elsewhere through the scalar one. The two loops are
+ * compiled twice, for x86-64-v3 (AVX2, FMA) and the baseline, and picked at load time.
  *
- * Poses are split over `threads` POSIX threads with the GIL released (one thread elsewhere).
+ * Poses are split over `threads` ranges with the GIL released: on PyTorch's OpenMP threads
+ * where use_openmp found its runtime, else on POSIX threads (one thread on Windows).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

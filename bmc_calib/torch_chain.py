@@ -283,8 +283,9 @@ def fused_available() -> bool:
 
 
 def fused_path(tensor: torch.Tensor) -> bool:
-    """Whether the chain of ``tensor`` runs in the fused C extension: eager CPU float32 or
-    float64 tensors, when it is built and :data:`USE_FUSED` is set (and the accelerator
+    """Whether the chain of ``tensor`` runs in the fused C extension: CPU float32 or float64
+    tensors, eager or compiled (inductor calls the operator as one extern kernel and fuses
+    the rest), when it is built and :data:`USE_FUSED` is set (and the accelerator
     formulation is not forced, see :func:`accelerator_path`)."""
     return (
         USE_FUSED
@@ -292,7 +293,6 @@ def fused_path(tensor: torch.Tensor) -> bool:
         and tensor.device.type == "cpu"
         and tensor.dtype in (torch.float32, torch.float64)
         and not accelerator_path(tensor)
-        and not _is_compiling()
     )
 
 

@@ -883,7 +883,7 @@ def test_compiled_code_transposes_through_a_checked_opaque_operator(shape):
 
 # torch's own modules (torch.jit) warn while dynamo loads; nothing to act on here
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_torch_compile_matches_eager(limits):
+def test_torch_compile_matches_eager(limits, formulation):
     """fullgraph=True: no graph break (so no .item(), no data-dependent Python branching).
 
     Compares values and input gradients with eager mode in float32, the training dtype (one
@@ -980,7 +980,7 @@ def test_eager_forward_backward_kernel_count(limits, use_tolerance, device, monk
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-def test_compile_once_for_every_batch_size_shape_and_is_left_form(limits):
+def test_compile_once_for_every_batch_size_shape_and_is_left_form(limits, formulation):
     """``BMCLoss.compile()`` traces one graph for batch sizes 2…257, leading batch shapes of
     1–3 axes and ``is_left`` as None, a bool or a tensor (dynamo's counting backend: no C++
     compiler needed, the same guards as inductor)."""
