@@ -325,6 +325,21 @@ CLONES static void *forward_range(void *arg) {
         V j[63], sign, v[NUM_FEATURES];
         load_lanes(job, i, m, j, &sign);
         M kept = forward_lanes(j, sign, &p, p.refbone, v);
+        if (m == W) { /* a whole vector per feature row */
+            if (job->dbl) {
+                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++)
+                    memcpy((double *)job->out + r * n + i, &v[r], sizeof(V));
+            } else {
+                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) {
+                    float row[W];
+                    UNROLLED_FOR (int w = 0; w < W; w++) row[w] = (float)v[r][w];
+                    memcpy((float *)job->out + r * n + i, row, sizeof(row));
+                }
+            }
+            UNROLLED_FOR (int w = 0; w < W; w++)
+                ((unsigned char *)job->keep)[i + w] = kept[w] != 0;
+            continue;
+        }
         for (int w = 0; w < m; w++) {
             if (job->dbl) {
                 double *dst = (double *)job->out + i + w;
@@ -525,14 +540,25 @@ CLONES static void *backward_range(void *arg) {
         int m = stop - i < W ? (int)(stop - i) : W;
         V j[63], sign, g[NUM_FEATURES], gj[63];
         load_lanes(job, i, m, j, &sign);
-        UNROLLED_FOR (int w = 0; w < W; w++) {
-            Py_ssize_t pose = i + (w < m ? w : m - 1);
-            if (job->dbl) {
-                const double *src = (const double *)job->grad + pose;
-                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) g[r][w] = src[r * n];
-            } else {
-                const float *src = (const float *)job->grad + pose;
-                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) g[r][w] = src[r * n];
+        if (m == W && job->dbl) { /* a whole vector per feature row */
+            UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++)
+                memcpy(&g[r], (const double *)job->grad + r * n + i, sizeof(V));
+        } else if (m == W) {
+            UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) {
+                float row[W];
+                memcpy(row, (const float *)job->grad + r * n + i, sizeof(row));
+                UNROLLED_FOR (int w = 0; w < W; w++) g[r][w] = row[w];
+            }
+        } else { /* the last, partial vector: the missing lanes repeat the last pose */
+            UNROLLED_FOR (int w = 0; w < W; w++) {
+                Py_ssize_t pose = i + (w < m ? w : m - 1);
+                if (job->dbl) {
+                    const double *src = (const double *)job->grad + pose;
+                    UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) g[r][w] = src[r * n];
+                } else {
+                    const float *src = (const float *)job->grad + pose;
+                    UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) g[r][w] = src[r * n];
+                }
             }
         }
         backward_lanes(j, sign, g, &p, p.refbone, gj);
