@@ -47,6 +47,9 @@ __attribute__((__simd__("notinbranch"))) extern double atan2(double, double);
 #define CLONES
 #endif
 
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
 #define INLINE static inline __attribute__((always_inline))
 /* Loops over joints, fingers, segments and components are unrolled completely, so that the
  * loop over poses has a straight-line body and vectorises across poses. */
@@ -274,6 +277,7 @@ typedef struct {
     Py_ssize_t n, start, stop;
     int dbl;
     Params params;
+    const struct Hulls *hulls; /* hull_range only */
 } Job;
 
 /* The 58 features of W poses (0 for a degenerate one, and for any non-finite value, as
@@ -575,6 +579,102 @@ CLONES static void *backward_range(void *arg) {
     return NULL;
 }
 
+/* ------------------------------------------------------------------ joint-angle hulls
+ * The distance of each pose's 15 (flexion, abduction) points to their hulls and its gradient,
+ * as bmc_calib.torch._hull_distance_and_direction after _unwrap_flexion: the edge with the
+ * smallest slack q = n.p - n.v (the largest outward slack; the first of equal ones) is the
+ * nearest edge or shares the nearest vertex with it; its segment gives the distance
+ * sqrt(q^2 + e^2), e = s - clamp(s, 0, L) with s = u.p - u.v, and the direction
+ * (q n + e u) / distance from the nearest boundary point to the point. Inside (q + tolerance
+ * >= 0): 0 and 0.
+ *
+ *   features   (58, N)    rows 28..42 flexion, 43..57 abduction (the chain's output)
+ *   center     (H,)       flexion unwrap centres
+ *   edges      (7, H, V)  bmc_calib.torch.HULL_EDGE_ROWS: n_x, n_y, -n.v, u_x, u_y, -u.v, L
+ *   tolerance  (H,)
+ *   dist, dx, dy  (H, N)  written
+ * All in the features' dtype; H = 15. */
+struct Hulls {
+    const void *features, *center, *edges, *tolerance;
+    void *dist, *dx, *dy;
+    Py_ssize_t edges_per_hull;
+};
+
+INLINE double load_as_double(const void *base, int dbl, Py_ssize_t k) {
+    return dbl ? ((const double *)base)[k] : (double)((const float *)base)[k];
+}
+
+INLINE void store_lanes(void *base, int dbl, Py_ssize_t k, V v, int m) {
+    for (int w = 0; w < m; w++) {
+        if (dbl)
+            ((double *)base)[k + w] = v[w];
+        else
+            ((float *)base)[k + w] = (float)v[w];
+    }
+}
+
+CLONES static void *hull_range(void *arg) {
+    const Job *job = (const Job *)arg;
+    const struct Hulls *hulls = job->hulls;
+    const int dbl = job->dbl;
+    const Py_ssize_t n = job->n, nv = hulls->edges_per_hull;
+    const double two_pi = 2.0 * M_PI;
+    for (int a = 0; a < 15; a++) {
+        const double center = load_as_double(hulls->center, dbl, a);
+        const double tolerance = load_as_double(hulls->tolerance, dbl, a);
+        const Py_ssize_t row = (Py_ssize_t)a * nv; /* edge table offset of hull a */
+        const Py_ssize_t plane = 15 * nv;          /* one row of the edge table */
+        for (Py_ssize_t i = job->start; i < job->stop; i += W) {
+            int m = job->stop - i < W ? (int)(job->stop - i) : W;
+            V px, py;
+            UNROLLED_FOR (int w = 0; w < W; w++) {
+                Py_ssize_t pose = i + (w < m ? w : m - 1);
+                double f = load_as_double(hulls->features, dbl, (28 + a) * n + pose);
+                px[w] = f + two_pi * floor((M_PI - (f - center)) / two_pi); /* unwrap */
+                py[w] = load_as_double(hulls->features, dbl, (43 + a) * n + pose);
+            }
+            V best = ZERO;
+            M index = (M){0};
+            for (Py_ssize_t v = 0; v < nv; v++) {
+                double nx = load_as_double(hulls->edges, dbl, row + v);
+                double ny = load_as_double(hulls->edges, dbl, plane + row + v);
+                double off = load_as_double(hulls->edges, dbl, 2 * plane + row + v);
+                V q = px * nx + py * ny + off;
+                if (v == 0) {
+                    best = q;
+                    continue;
+                }
+                M closer = q < best;
+                best = vsel(closer, q, best);
+                index = (index & ~closer) | (((M){0} + (int64_t)v) & closer);
+            }
+            V q, along, nx, ny, ux, uy, length;
+            UNROLLED_FOR (int w = 0; w < W; w++) {
+                Py_ssize_t e = row + index[w];
+                nx[w] = load_as_double(hulls->edges, dbl, e);
+                ny[w] = load_as_double(hulls->edges, dbl, plane + e);
+                ux[w] = load_as_double(hulls->edges, dbl, 3 * plane + e);
+                uy[w] = load_as_double(hulls->edges, dbl, 4 * plane + e);
+                along[w] = load_as_double(hulls->edges, dbl, 5 * plane + e);
+                length[w] = load_as_double(hulls->edges, dbl, 6 * plane + e);
+            }
+            q = best;
+            along = px * ux + py * uy + along;
+            V clamped = vsel(along > 0.0, along, ZERO);
+            clamped = vsel(clamped < length, clamped, length);
+            V beyond = along - clamped;
+            V dist = vsqrt(q * q + beyond * beyond);
+            V outside = vsel(q + tolerance < 0.0, ONE, ZERO);
+            V scale = outside / vsel(dist > 1e-30, dist, ZERO + 1e-30);
+            Py_ssize_t k = (Py_ssize_t)a * n + i;
+            store_lanes(hulls->dist, dbl, k, dist * outside, m);
+            store_lanes(hulls->dx, dbl, k, (q * nx + beyond * ux) * scale, m);
+            store_lanes(hulls->dy, dbl, k, (q * ny + beyond * uy) * scale, m);
+        }
+    }
+    return NULL;
+}
+
 /* GNU OpenMP entry points of the runtime PyTorch already loaded (use_openmp): with them the
  * ranges run on PyTorch's own worker threads, which after each ATen kernel keep spinning for a
  * while (a thread of our own would have to share a core with one of them). */
@@ -691,6 +791,7 @@ static int parse_job(PyObject *args, Job *job, int *threads, int backward) {
     job->params.coordinate_limit = coordinate_limit;
     job->params.middle = middle;
     job->params.refbone = refbone;
+    job->hulls = NULL;
     return 1;
 }
 
@@ -720,10 +821,41 @@ static PyObject *fused_backward(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(hulls_doc,
+             "hulls(features, center, edges, tolerance, dist, dx, dy, n, edges_per_hull, "
+             "is_double, threads)\n\nAddresses of contiguous buffers; see the source.");
+
+static PyObject *fused_hulls(PyObject *self, PyObject *args) {
+    unsigned long long features, center, edges, tolerance, dist, dx, dy;
+    Py_ssize_t n, nv;
+    int dbl, threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKKKnnii", &features, &center, &edges, &tolerance, &dist,
+                          &dx, &dy, &n, &nv, &dbl, &threads))
+        return NULL;
+    if (n < 0 || nv < 1) {
+        PyErr_SetString(PyExc_ValueError, "bad point or edge count");
+        return NULL;
+    }
+    struct Hulls hulls = {(const void *)(uintptr_t)features, (const void *)(uintptr_t)center,
+                          (const void *)(uintptr_t)edges,    (const void *)(uintptr_t)tolerance,
+                          (void *)(uintptr_t)dist,           (void *)(uintptr_t)dx,
+                          (void *)(uintptr_t)dy,             nv};
+    Job job;
+    memset(&job, 0, sizeof job);
+    job.n = n;
+    job.stop = n;
+    job.dbl = dbl;
+    job.hulls = &hulls;
+    Py_BEGIN_ALLOW_THREADS run_ranges(&job, threads, hull_range);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"forward", fused_forward, METH_VARARGS, forward_doc},
     {"backward", fused_backward, METH_VARARGS, backward_doc},
     {"use_openmp", fused_use_openmp, METH_VARARGS, use_openmp_doc},
+    {"hulls", fused_hulls, METH_VARARGS, hulls_doc},
     {NULL, NULL, 0, NULL},
 };
 

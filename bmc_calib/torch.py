@@ -67,6 +67,8 @@ from bmc_calib.torch_chain import (
     chain_backward,
     chain_forward,
     comparison_mask,
+    fused_hull_distance,
+    fused_path,
     joined_slots,
     out_slot,
     warm_constants,
@@ -629,12 +631,18 @@ class _Magnitudes(torch.autograd.Function):
         lower = (low_side - high_side).gt_(0.0)
         slope = torch.addcmul(high_slope, lower, slope_step, out=out_slot(slopes[:28]))
         interval = torch.maximum(low_side, high_side, out=out_slot(magnitudes[:28]))
-        flexion = _unwrap_flexion(features[28:43], flexion_center)
-        dist, grad_x, grad_y = _hull_distance_and_direction(
-            flexion, features[43:], hull_edges, hull_tolerance,
-            (hull_rows, hull_picks, hull_base),
-            (out_slot(magnitudes[28:]), out_slot(slopes[28:43]), out_slot(slopes[43:])),
-        )  # fmt: skip
+        if fused_path(joints) and not _is_compiling():  # one C pass (eager CPU)
+            dist, grad_x, grad_y = magnitudes[28:], slopes[28:43], slopes[43:]
+            fused_hull_distance(
+                features, flexion_center, hull_edges, hull_tolerance, dist, grad_x, grad_y
+            )
+        else:
+            flexion = _unwrap_flexion(features[28:43], flexion_center)
+            dist, grad_x, grad_y = _hull_distance_and_direction(
+                flexion, features[43:], hull_edges, hull_tolerance,
+                (hull_rows, hull_picks, hull_base),
+                (out_slot(magnitudes[28:]), out_slot(slopes[28:43]), out_slot(slopes[43:])),
+            )  # fmt: skip
         magnitudes = joined_slots(magnitudes, (interval, dist))
         slopes = joined_slots(slopes, (slope, grad_x, grad_y))
         if shift is not None:

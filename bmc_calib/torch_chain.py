@@ -599,6 +599,57 @@ def _(joints, sign, grad, reference_bone):
     return torch.empty_like(joints)
 
 
+@torch.library.custom_op(
+    "bmc_calib::fused_hull_distance", mutates_args=("dist", "dx", "dy"), device_types="cpu"
+)
+def fused_hull_distance(
+    features: torch.Tensor,
+    center: torch.Tensor,
+    edges: torch.Tensor,
+    tolerance: torch.Tensor,
+    dist: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+) -> None:
+    """:func:`bmc_calib.torch._hull_distance_and_direction` of the unwrapped flexion and the
+    abduction of ``features`` ``(58, N)`` (:func:`chain_forward`'s) in the fused C extension,
+    written into ``dist``, ``dx`` and ``dy`` ``(15, N)``: the distance to each hull (0 inside)
+    and its gradient. ``center`` ``(15, 1)`` flexion centres, ``edges`` ``(7, 15, V)``
+    (:data:`bmc_calib.torch.HULL_EDGE_ROWS`), ``tolerance`` ``(15, 1)``; all contiguous, in
+    the features' dtype (float32 or float64)."""
+    n = features.shape[1]
+    if (
+        tuple(features.shape) != (NUM_FEATURES, n)
+        or edges.dim() != 3
+        or edges.shape[:2]
+        != (
+            7,
+            15,
+        )
+    ):
+        raise ValueError("fused_hull_distance needs features (58, N) and edges (7, 15, V)")
+    if tuple(center.shape) != (15, 1) or tuple(tolerance.shape) != (15, 1):
+        raise ValueError("fused_hull_distance needs center and tolerance of shape (15, 1)")
+    for out in (dist, dx, dy):
+        if tuple(out.shape) != (15, n):
+            raise ValueError(f"fused_hull_distance writes (15, N), got {tuple(out.shape)}")
+    for tensor in (features, center, edges, tolerance, dist, dx, dy):
+        if tensor.dtype != features.dtype or not tensor.is_contiguous():
+            raise ValueError("fused_hull_distance needs contiguous tensors of one dtype")
+    if features.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"fused_hull_distance computes float32 or float64, got {features.dtype}")
+    _fused_chain.hulls(
+        features.data_ptr(), center.data_ptr(), edges.data_ptr(), tolerance.data_ptr(),
+        dist.data_ptr(), dx.data_ptr(), dy.data_ptr(), n, edges.shape[2],
+        int(features.dtype == torch.float64), torch.get_num_threads(),
+    )  # fmt: skip
+
+
+@fused_hull_distance.register_fake
+def _(features, center, edges, tolerance, dist, dx, dy):
+    return None
+
+
 def _fused_forward(
     joints: torch.Tensor, sign: torch.Tensor | None, normalization: str
 ) -> tuple[torch.Tensor, torch.Tensor, FusedSaved]:

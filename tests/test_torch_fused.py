@@ -151,3 +151,79 @@ def test_fused_operators_refuse_what_they_would_misread():
         op(joints.half(), None, True)
     with pytest.raises(ValueError, match=r"\(58, N\)"):
         torch.ops.bmc_calib.fused_chain_backward(joints, None, torch.zeros(57, 4), True)
+
+
+@fused
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_hull_distance_is_the_exact_polygon_distance(dtype):
+    """The C hull search against :func:`bmc_calib.hulls.distance_to_polygon` (float64) and
+    the ATen search it replaces on the CPU: random convex polygons (slivers, many vertices,
+    collinear ones), points inside, outside, next to every vertex in all directions, and
+    far away; flexion unwrapped around each hull's centre first."""
+    from scipy.spatial import ConvexHull
+
+    from bmc_calib.hulls import distance_to_polygon
+    from bmc_calib.torch import (
+        _edge_rows,
+        _hull_distance_and_direction,
+        _hull_tables,
+        _unwrap_flexion,
+    )
+
+    rng = np.random.default_rng(7)
+    polygons = []
+    for count, stretch in ((3, 1.0), (5, 0.01), (8, 1.0), (40, 1.0), (60, 0.05)):
+        for _ in range(3):
+            cloud = rng.normal(size=(count, 2)) * [1.0, stretch] + rng.normal(size=2)
+            polygons.append(cloud[ConvexHull(cloud).vertices])
+    polygons[-1] = np.array([[0, 0], [1, 0], [2, 0], [2, 1], [2, 2], [1, 2], [0, 2], [0, 1.0]])
+    n = 421  # not a multiple of the vector width
+    points = []
+    for poly in polygons:
+        lo, hi = poly.min(0), poly.max(0)
+        span = max(float(np.max(hi - lo)), 1e-3)
+        cloud = rng.uniform(lo - span, hi + span, (300, 2))
+        angles = rng.uniform(0, 2 * np.pi, (len(poly), 8))
+        radius = span * 10.0 ** rng.uniform(-6, 0, (len(poly), 8))
+        ring = poly[:, None] + radius[..., None] * np.stack((np.cos(angles), np.sin(angles)), -1)
+        far = rng.normal(size=(100, 2)) * 100 * span
+        points.append(np.concatenate((cloud, far, ring.reshape(-1, 2)))[:n])
+    pts = np.stack(points)  # (15, n, 2)
+    tables = _hull_tables(polygons)
+    edges = torch.as_tensor(_edge_rows(tables), dtype=dtype).contiguous()
+    tolerance = torch.as_tensor(tables["tolerance"], dtype=dtype)[:, None].contiguous()
+    center = torch.as_tensor([p[:, 0].mean() for p in polygons], dtype=dtype)[:, None]
+    features = torch.zeros(58, n, dtype=dtype)
+    features[28:43] = torch.as_tensor(pts[..., 0])
+    features[43:] = torch.as_tensor(pts[..., 1])
+    dist, dx, dy = (torch.empty(15, n, dtype=dtype) for _ in range(3))
+    torch_chain.fused_hull_distance(features, center.contiguous(), edges, tolerance, dist, dx, dy)
+    # the ATen search in float64 on the same (for float32: rounded) points and tables, as the
+    # C search computes (a float32 ATen search picks other edges near sharp vertices)
+    flexion = _unwrap_flexion(features[28:43].double(), center.double())
+    want_dist, want_dx, want_dy = (
+        t.to(dtype)
+        for t in _hull_distance_and_direction(
+            flexion, features[43:].double(), edges.double(), tolerance.double()
+        )
+    )
+    unwrapped = np.stack((flexion.double().numpy(), pts[..., 1]), -1)
+    exact = np.stack([distance_to_polygon(unwrapped[a], p) for a, p in enumerate(polygons)])
+    scale = np.maximum(1.0, np.abs(unwrapped).max(-1))
+    if dtype == torch.float64:
+        assert (np.abs(dist.numpy() - exact) / scale).max() <= 1e-12
+    else:  # float32 tables and points: as the ATen search's own float32 error
+        error = np.abs(dist.double().numpy() - exact) / (exact + scale)
+        assert error.max() <= 2e-5
+    assert (exact > 0).mean() > 0.5 and (exact == 0).mean() > 0.02
+    close = (
+        {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
+    )
+    torch.testing.assert_close(dist, want_dist, **close)
+    outside = dist > 0
+    # unit directions outside, 0 inside; the same as the ATen search's where the nearest
+    # point is unique (everywhere but exact ties, which these random points do not hit)
+    torch.testing.assert_close(torch.hypot(dx, dy)[outside], torch.ones_like(dist[outside]))
+    assert (dx[~outside] == 0).all() and (dy[~outside] == 0).all()
+    torch.testing.assert_close(dx, want_dx, **close)
+    torch.testing.assert_close(dy, want_dy, **close)
