@@ -123,6 +123,13 @@ INLINE void cross3(const V a[3], const V b[3], V out[3]) {
 
 INLINE V finite_or_zero(V v) { return vsel(visfinite(v), v, ZERO); }
 
+/* A float32 output: what overflows float32 is 0 too (the chain computes in double, so a tiny
+ * float32 pose can have finite features or gradients beyond float32's range). */
+INLINE float to_float(double v) {
+    float f = (float)v;
+    return isfinite(f) ? f : 0.0f;
+}
+
 /* The carry T(u, w) of one level (torch_chain._rotation): u, h = u + e_z, kk = |h|^2,
  * fixed = 1 where antiparallel (h gains e_y and kk 1: the half turn about x). */
 INLINE void rotation(const V c[3], V len, double aligned_sq, V u[3],
@@ -336,7 +343,7 @@ CLONES static void *forward_range(void *arg) {
             } else {
                 UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) {
                     float row[W];
-                    UNROLLED_FOR (int w = 0; w < W; w++) row[w] = (float)v[r][w];
+                    UNROLLED_FOR (int w = 0; w < W; w++) row[w] = to_float(v[r][w]);
                     memcpy((float *)job->out + r * n + i, row, sizeof(row));
                 }
             }
@@ -350,7 +357,7 @@ CLONES static void *forward_range(void *arg) {
                 UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) dst[r * n] = v[r][w];
             } else {
                 float *dst = (float *)job->out + i + w;
-                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) dst[r * n] = (float)v[r][w];
+                UNROLLED_FOR (int r = 0; r < NUM_FEATURES; r++) dst[r * n] = to_float(v[r][w]);
             }
             ((unsigned char *)job->keep)[i + w] = kept[w] != 0;
         }
@@ -572,7 +579,7 @@ CLONES static void *backward_range(void *arg) {
                 UNROLLED_FOR (int k = 0; k < 63; k++) dst[k] = gj[k][w];
             } else {
                 float *dst = (float *)job->out + 63 * (i + w);
-                UNROLLED_FOR (int k = 0; k < 63; k++) dst[k] = (float)gj[k][w];
+                UNROLLED_FOR (int k = 0; k < 63; k++) dst[k] = to_float(gj[k][w]);
             }
         }
     }
@@ -719,7 +726,12 @@ static int run_ranges(Job *base, int threads, void *(*fn)(void *)) {
 #ifdef HAVE_THREADS
     pthread_t ids[64];
     int started[64] = {0};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, fn, &jobs[t]) == 0;
+    pthread_attr_t attr; /* the loops need ~40 KB of stack: ask for ample */
+    int have_attr = pthread_attr_init(&attr) == 0;
+    if (have_attr) pthread_attr_setstacksize(&attr, 1 << 20);
+    for (int t = 1; t < threads; t++)
+        started[t] = pthread_create(&ids[t], have_attr ? &attr : NULL, fn, &jobs[t]) == 0;
+    if (have_attr) pthread_attr_destroy(&attr);
     fn(&jobs[0]);
     for (int t = 1; t < threads; t++) {
         if (started[t])

@@ -273,8 +273,33 @@ def _openmp_runtime() -> str | None:
     return None
 
 
+def _openmp_stack_bytes() -> int | None:
+    """The OpenMP worker stack size set by ``OMP_STACKSIZE`` / ``GOMP_STACKSIZE`` (a number
+    with an optional B, K, M or G suffix; K without one), the smaller if both; None if
+    neither is set (the system's default, megabytes) or readable."""
+    sizes = []
+    for name in ("OMP_STACKSIZE", "GOMP_STACKSIZE"):
+        text = os.environ.get(name, "").strip().upper()
+        if not text:
+            continue
+        unit = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1])
+        number = text[:-1] if unit else text
+        try:
+            sizes.append(int(float(number) * (unit or 1 << 10)))
+        except ValueError:
+            continue
+    return min(sizes) if sizes else None
+
+
+#: The fused loops' stack frames take ~40 KB per thread; OpenMP workers with less stack
+#: (an explicit small ``OMP_STACKSIZE``) would crash, so the chain then runs on threads of
+#: its own with 1 MiB each.
+_SAFE_STACK_BYTES = 256 << 10
+
 if _fused_chain is not None and (_runtime := _openmp_runtime()) is not None:
-    _fused_chain.use_openmp(_runtime)  # the C chain runs on PyTorch's own threads
+    _stack = _openmp_stack_bytes()
+    if _stack is None or _stack >= _SAFE_STACK_BYTES:
+        _fused_chain.use_openmp(_runtime)  # the C chain runs on PyTorch's own threads
 
 
 def fused_available() -> bool:

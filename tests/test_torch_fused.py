@@ -227,3 +227,55 @@ def test_fused_hull_distance_is_the_exact_polygon_distance(dtype):
     assert (dx[~outside] == 0).all() and (dy[~outside] == 0).all()
     torch.testing.assert_close(dx, want_dx, **close)
     torch.testing.assert_close(dy, want_dy, **close)
+
+
+@fused
+@pytest.mark.parametrize("normalization", ["reference-bone", "none"])
+def test_fused_float32_outputs_never_overflow(normalization):
+    """The C chain computes float32 poses in float64: for a tiny hand (1e-40, subnormal in
+    float32) it keeps the pose, as numpy does, and its gradients (~1 / scale) exceed float32;
+    they become 0, as every non-finite value of the chain does, never inf."""
+    from bmc_calib.torch import compute_features
+
+    joints = torch.as_tensor(_poses(4) * 1e-40, dtype=torch.float32).requires_grad_(True)
+    features = compute_features(joints, normalization=normalization)
+    total = features.bone_length.sum() + features.palm_curvature.sum()
+    total.backward()
+    assert torch.isfinite(features.palm_curvature).all()
+    assert torch.isfinite(joints.grad).all()
+
+
+@fused
+def test_small_openmp_worker_stacks_do_not_crash_the_chain():
+    """With ``OMP_STACKSIZE=16K`` PyTorch's OpenMP workers have less stack than the fused
+    loops' frames (~40 KB): the chain then runs on threads of its own (it crashed there)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, numpy as np\n"
+        "from bmc_calib import synthetic, torch_chain\n"
+        "torch.set_num_threads(2)\n"
+        "s = synthetic.make_subjects(1, seed=1)[0]\n"
+        "j = torch.as_tensor(synthetic.generate(s, 3000, seed=1).joints)\n"
+        "f, k, saved = torch_chain.chain_forward(j, None, 'reference-bone')\n"
+        "g = torch_chain.chain_backward(saved, torch.ones(58, 3000, dtype=j.dtype))\n"
+        "assert isinstance(saved, torch_chain.FusedSaved) and torch.isfinite(g).all()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "OMP_STACKSIZE": "16K"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_openmp_stack_size_is_read_as_the_runtime_reads_it(monkeypatch):
+    for name in ("OMP_STACKSIZE", "GOMP_STACKSIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert torch_chain._openmp_stack_bytes() is None
+    for text, size in (("16K", 16 << 10), ("16", 16 << 10), ("4M", 4 << 20), ("2g", 2 << 30),
+                       ("100B", 100), ("junk", None)):  # fmt: skip
+        monkeypatch.setenv("OMP_STACKSIZE", text)
+        assert torch_chain._openmp_stack_bytes() == size, text
+    monkeypatch.setenv("GOMP_STACKSIZE", "32K")
+    monkeypatch.setenv("OMP_STACKSIZE", "8M")
+    assert torch_chain._openmp_stack_bytes() == 32 << 10
