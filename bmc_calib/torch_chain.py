@@ -8,14 +8,15 @@ ATen kernels on an accelerator (about 190 of them in this module) instead of the
 autograd replays of the same arithmetic (DESIGN §9, issue "BMCLoss ready for real training
 loops").
 
-Eager CPU tensors take the same chain fused in C instead (:func:`fused_path`): the
-extension :mod:`bmc_calib._fused_chain` (``_fused_chain.c``, built at install where a C
+CPU tensors, eager or compiled, take the same chain fused in C instead (:func:`fused_path`):
+the extension :mod:`bmc_calib._fused_chain` (``_fused_chain.c``, built at install where a C
 compiler is) computes each pose's features, and in the backward recomputes its intermediates
 and runs this module's backward, in one pass over the poses, four poses per vector and on
 PyTorch's own threads. It is the operator pair ``bmc_calib::fused_chain_forward`` /
-``fused_chain_backward``: a loss step is then ~60 kernels on the CPU. Without the extension,
-compiled, and on accelerators, the ATen formulation below runs; tests run both and check
-them against each other.
+``fused_chain_backward``; :func:`fused_hull_distance` does the loss's hull distances the same
+way (eager mode): a loss step is then ~25 kernels on the CPU. Without the extension and on
+accelerators the ATen formulation below runs; tests run both and check them against each
+other.
 
 Conventions (once for the module):
 
