@@ -19,6 +19,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from polygon_points import points_around  # noqa: E402
+
 from bmc_calib import synthetic, torch_chain  # noqa: E402
 
 fused = pytest.mark.skipif(
@@ -180,14 +182,8 @@ def test_fused_hull_distance_is_the_exact_polygon_distance(dtype):
     n = 421  # not a multiple of the vector width
     points = []
     for poly in polygons:
-        lo, hi = poly.min(0), poly.max(0)
-        span = max(float(np.max(hi - lo)), 1e-3)
-        cloud = rng.uniform(lo - span, hi + span, (300, 2))
-        angles = rng.uniform(0, 2 * np.pi, (len(poly), 8))
-        radius = span * 10.0 ** rng.uniform(-6, 0, (len(poly), 8))
-        ring = poly[:, None] + radius[..., None] * np.stack((np.cos(angles), np.sin(angles)), -1)
-        far = rng.normal(size=(100, 2)) * 100 * span
-        points.append(np.concatenate((cloud, far, ring.reshape(-1, 2)))[:n])
+        cloud, ring, far = points_around(poly, rng, cloud=300, far=100)
+        points.append(np.concatenate((cloud, far, ring))[:n])
     pts = np.stack(points)  # (15, n, 2)
     tables = _hull_tables(polygons)
     edges = torch.as_tensor(_edge_rows(tables), dtype=dtype).contiguous()

@@ -14,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from polygon_points import points_around  # noqa: E402
+
 from bmc_calib import kinematics, skeleton, synthetic, violations  # noqa: E402
 from bmc_calib.bundle import write_bundle  # noqa: E402
 from bmc_calib.errors import BadInputError, UsageError  # noqa: E402
@@ -359,14 +361,8 @@ def test_nearest_edge_rule_is_the_exact_polygon_distance(form):
     polygons = _random_convex_polygons(rng)
     points = []
     for poly in polygons:
-        lo, hi = poly.min(0), poly.max(0)
-        span = max(float(np.max(hi - lo)), 1e-3)
-        cloud = rng.uniform(lo - span, hi + span, (600, 2))
-        angles = rng.uniform(0, 2 * np.pi, (len(poly), 8))
-        radius = span * 10.0 ** rng.uniform(-6, 0, (len(poly), 8))
-        ring = poly[:, None] + radius[..., None] * np.stack((np.cos(angles), np.sin(angles)), -1)
-        far = rng.normal(size=(50, 2)) * 100 * span
-        points.append(np.concatenate((cloud, ring.reshape(-1, 2), far))[:650])
+        cloud, ring, far = points_around(poly, rng, cloud=600, far=50)
+        points.append(np.concatenate((cloud, ring, far))[:650])
     pts = np.stack(points)  # (H, 650, 2)
     tables = _hull_tables(polygons)
     edges = torch.as_tensor(_edge_rows(tables))
