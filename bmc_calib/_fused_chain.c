@@ -807,17 +807,23 @@ static int parse_job(PyObject *args, Job *job, int *threads, int backward) {
     return 1;
 }
 
+/* Parse a forward or backward call and run its loop over the poses with the GIL released. */
+static PyObject *run_chain(PyObject *args, int backward, void *(*fn)(void *)) {
+    Job job;
+    int threads;
+    if (!parse_job(args, &job, &threads, backward)) return NULL;
+    Py_BEGIN_ALLOW_THREADS run_ranges(&job, threads, fn);
+    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(forward_doc,
              "forward(joints, sign, features, keep, n, is_double, reference_bone, threads, "
              "middle, zero_length, aligned, coordinate_limit)\n\nAddresses of contiguous "
              "buffers (sign 0 = none); see the module source for layouts.");
 
 static PyObject *fused_forward(PyObject *self, PyObject *args) {
-    Job job;
-    int threads;
-    if (!parse_job(args, &job, &threads, 0)) return NULL;
-    Py_BEGIN_ALLOW_THREADS run_ranges(&job, threads, forward_range);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    (void)self;
+    return run_chain(args, 0, forward_range);
 }
 
 PyDoc_STRVAR(backward_doc,
@@ -826,11 +832,8 @@ PyDoc_STRVAR(backward_doc,
              "buffers (sign 0 = none); see the module source for layouts.");
 
 static PyObject *fused_backward(PyObject *self, PyObject *args) {
-    Job job;
-    int threads;
-    if (!parse_job(args, &job, &threads, 1)) return NULL;
-    Py_BEGIN_ALLOW_THREADS run_ranges(&job, threads, backward_range);
-    Py_END_ALLOW_THREADS Py_RETURN_NONE;
+    (void)self;
+    return run_chain(args, 1, backward_range);
 }
 
 PyDoc_STRVAR(hulls_doc,
